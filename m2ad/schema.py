@@ -1,0 +1,185 @@
+"""The canonical sample schema and the on-disk layout of a sharded dataset.
+
+One record per image (or per point cloud).  Every dataset we support is converted to this
+schema, so protocols, methods and metrics never see a dataset's own layout.
+
+A sharded dataset is a folder::
+
+    ROOT/
+      dataset.json        what this is: dataset, resolution, categories, source, mask rules
+      README.md           dataset card (source, version, license, resolution, mask rule)
+      manifest.parquet    one row per sample, every field but the pixel bytes, plus the
+                          location of the sample (``shard_dir``, ``shard_row``)
+      <category>/<split>/ a Hugging Face ``datasets`` Arrow dataset (``load_from_disk``)
+
+Field semantics
+---------------
+``sample_id``      stable, unique across datasets: ``<dataset>/<path of the image in the
+                   official release>``, e.g. ``m2ad/Bird/NG/scratch_1_000/A060_I01.png``.
+``specimen``       the physical object (M2AD: the specimen directory name); for datasets with
+                   one image per object it equals the image stem.
+``view``,
+``illumination``   M2AD: ``"000"``..``"330"`` and ``"01"``..``"10"``; ``None`` for datasets
+                   without views or lights (MVTec-AD).
+``label``          image level: 1 if this image shows a defect (M2AD ``image_anomaly``).
+``object_label``   specimen level: 1 if the specimen is defective (M2AD ``object_anomaly``).
+``defect_types``   defect tokens (M2AD: the non-numeric tokens of the NG directory name).
+``detectable``     M2AD only: ``False`` when the defect is in view but judged undetectable
+                   under this light; ``None`` where the release leaves it empty.
+``mask``           binary GT mask (PNG, 0/255) under the *exact* rule: a pixel is defective if
+                   any source pixel it covers is (no defect vanishes when downscaling).
+``mask_official``  binary GT mask under the *official M2AD evaluator* rule: bilinear resize of
+                   the 0/255 mask, then keep pixels that are exactly 255 (erodes tiny defects).
+                   At original resolution both masks are the released mask bytes, unchanged.
+``points``,
+``point_labels``   reserved for point clouds (Real3D-AD): float32 xyz and per-point labels; the
+                   image fields are then null.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+
+FORMAT_NAME = "m2ad-shards"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.parquet"
+INFO_FILE = "dataset.json"
+CARD_FILE = "README.md"
+
+SPLITS = ("train", "test")
+MASK_RULES = ("exact", "official")
+"""``exact``: any positive source pixel survives downscaling.  ``official``: bilinear then
+floor, as the official M2AD evaluator does (reference: m2ad.md section 11.6)."""
+
+M2AD_CATEGORIES = ("Bird", "Car", "Cube", "Dice", "Doll", "Holder", "Motor", "Ring", "Teapot", "Tube")
+M2AD_VIEWS = tuple(f"{azimuth:03d}" for azimuth in range(0, 360, 30))
+M2AD_ILLUMINATIONS = tuple(f"{index:02d}" for index in range(1, 11))
+
+# Fields shared by every sample, in order.  Image datasets fill image/mask, point-cloud
+# datasets fill points/point_labels; the other pair stays null.
+IMAGE_FEATURES = datasets.Features(
+    {
+        "sample_id": datasets.Value("string"),
+        "dataset": datasets.Value("string"),
+        "category": datasets.Value("string"),
+        "split": datasets.Value("string"),
+        "specimen": datasets.Value("string"),
+        "view": datasets.Value("string"),
+        "illumination": datasets.Value("string"),
+        "label": datasets.Value("int8"),
+        "object_label": datasets.Value("int8"),
+        "defect_types": datasets.Sequence(datasets.Value("string")),
+        "detectable": datasets.Value("bool"),
+        "image": datasets.Image(),
+        "mask": datasets.Image(),
+        "mask_official": datasets.Image(),
+        "width": datasets.Value("int32"),
+        "height": datasets.Value("int32"),
+    }
+)
+
+POINT_CLOUD_FEATURES = datasets.Features(
+    {
+        **{name: feature for name, feature in IMAGE_FEATURES.items() if name not in ("image", "mask", "mask_official")},
+        "points": datasets.Array2D(shape=(None, 3), dtype="float32"),
+        "point_labels": datasets.Sequence(datasets.Value("uint8")),
+    }
+)
+
+PIXEL_COLUMNS = ("image", "mask", "mask_official", "points", "point_labels")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("dataset", pa.string()),
+        ("category", pa.string()),
+        ("split", pa.string()),
+        ("specimen", pa.string()),
+        ("view", pa.string()),
+        ("illumination", pa.string()),
+        ("label", pa.int8()),
+        ("object_label", pa.int8()),
+        ("defect_types", pa.list_(pa.string())),
+        ("detectable", pa.bool_()),
+        ("has_mask", pa.bool_()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("shard_dir", pa.string()),  # relative to ROOT, e.g. "Bird/test"
+        ("shard_row", pa.int64()),  # row index inside that dataset
+    ]
+)
+
+
+def make_sample_id(dataset: str, release_path: str) -> str:
+    """The global id of a sample: the dataset name, a slash, and its path in the release."""
+    release_path = release_path.replace("\\", "/").lstrip("/")
+    if not dataset or "/" in dataset:
+        raise ValueError(f"dataset name must be non-empty and contain no '/': {dataset!r}")
+    return f"{dataset}/{release_path}"
+
+
+def shard_dir_name(category: str, split: str) -> str:
+    """Relative folder of the Arrow dataset that holds one (category, split)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return f"{category}/{split}"
+
+
+_DEFECT_TOKEN = re.compile(r"[A-Za-z]+")
+
+
+def defect_types_from_dirname(dirname: str) -> list[str]:
+    """M2AD defect tokens of an NG specimen directory, e.g. ``damage_1_hole_5_scratch_1_046``
+    -> ``["damage", "hole", "scratch"]`` (order kept, duplicates dropped)."""
+    tokens: list[str] = []
+    for token in dirname.split("_"):
+        if _DEFECT_TOKEN.fullmatch(token) and token not in tokens:
+            tokens.append(token)
+    return tokens
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Contents of ``dataset.json``: what a sharded dataset is and where it came from."""
+
+    dataset: str
+    resolution: int | str  # pixels of the longer side, or "original"
+    categories: list[str]
+    source: dict[str, Any] = field(default_factory=dict)  # url/revision/checksums/verified
+    version: str = ""
+    license: str = ""
+    mask_rules: tuple[str, ...] = MASK_RULES
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    code_version: str = ""
+    created: str = ""
+
+    def to_json(self) -> str:
+        data = dict(self.__dict__)
+        data["mask_rules"] = list(self.mask_rules)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def read(cls, root: str | Path) -> DatasetInfo:
+        path = Path(root) / INFO_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{root} is not a sharded m2ad dataset (no {INFO_FILE}); create one with `m2ad shard` or `m2ad download`"
+            )
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path}: not an {FORMAT_NAME} file (format={data.get('format')!r})")
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: format version {data['format_version']} is newer than this m2ad supports ({FORMAT_VERSION}); upgrade m2ad"
+            )
+        data["mask_rules"] = tuple(data.get("mask_rules", MASK_RULES))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{key: value for key, value in data.items() if key in known})
