@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
 import typing
 from typing import Any
 
@@ -15,6 +16,10 @@ from baselines.base import Batch, Method
 
 _REGISTRY: dict[str, str] = {
     # name: "module:Class"
+    "gaussian": "baselines.gaussian:GaussianMethod",
+    "inpformer": "baselines.inpformer:INPFormer",
+    "patchcore": "baselines.patchcore:PatchCore",
+    "random": "baselines.random:RandomMethod",
 }
 
 
@@ -56,9 +61,10 @@ def parse_method_args(name: str, pairs: list[str]) -> dict[str, Any]:
 
 
 def _coerce(raw: str, hint: Any, key: str) -> Any:
+    """Read the CLI string ``raw`` as a value of the type ``hint`` of option ``key``."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         if raw.lower() in ("none", "null", ""):
             return None
         hint, origin = args[0], typing.get_origin(args[0])
@@ -87,8 +93,11 @@ def _coerce(raw: str, hint: Any, key: str) -> Any:
 def create(name: str, **kwargs: Any) -> Method:
     """Build the method ``name`` with config fields given as keyword arguments."""
     cls = method_class(name)
-    config = cls.Config(**kwargs)
-    return cls(config)
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"method {name!r} has no option {', '.join(map(repr, unknown))}; options: {', '.join(sorted(known))}")
+    return cls(cls.Config(**kwargs))
 
 
 __all__ = ["Batch", "Method", "available", "config_class", "create", "method_class", "parse_method_args"]

@@ -34,6 +34,13 @@ Field semantics
 ``points``,
 ``point_labels``   reserved for point clouds (Real3D-AD): float32 xyz and per-point labels; the
                    image fields are then null.
+
+Reading a release
+-----------------
+A release tree (a folder, or members of zips) is read through a :class:`TreeSource`.  A
+dataset's layout parser (``m2ad.datasets.<name>.parse``) turns it into a
+:class:`ParsedRelease`: one :class:`ReleaseRecord` per image, plus every :class:`Problem` it
+found.  ``m2ad.shard`` then decodes, resizes and writes the records.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import datasets
 import pyarrow as pa
@@ -160,14 +167,18 @@ class DatasetInfo:
     format_version: int = FORMAT_VERSION
     code_version: str = ""
     created: str = ""
+    image_resize: str = ""  # how images were resized (empty at original resolution)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # Problem.to_dict() of quarantined input
 
     def to_json(self) -> str:
+        """The ``dataset.json`` text of this description."""
         data = dict(self.__dict__)
         data["mask_rules"] = list(self.mask_rules)
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def read(cls, root: str | Path) -> DatasetInfo:
+        """Read and check ``ROOT/dataset.json``; a clear error if ROOT is not a sharded dataset."""
         path = Path(root) / INFO_FILE
         if not path.is_file():
             raise FileNotFoundError(
@@ -183,3 +194,81 @@ class DatasetInfo:
         data["mask_rules"] = tuple(data.get("mask_rules", MASK_RULES))
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a release: the source contract, parsed records and problems
+# --------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class TreeSource(Protocol):
+    """A release tree: relative POSIX file paths and their bytes (a folder, or zip members).
+
+    Implementations must be picklable, because sharding reads images in worker processes.
+    """
+
+    def list_files(self) -> list[str]: ...
+
+    def read_bytes(self, path: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect of a release tree.
+
+    ``kind`` is a stable short name (e.g. ``missing-mask``), ``path`` the release path it is
+    about (a file or a specimen folder) and ``specimen`` the specimen folder that a
+    ``--skip-bad`` run quarantines because of it, or ``""`` when the problem is a stray file
+    that belongs to no specimen (it is then ignored, and listed).
+    """
+
+    kind: str
+    path: str
+    message: str
+    specimen: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-able form, as stored in ``dataset.json`` under ``skipped``."""
+        return {"kind": self.kind, "path": self.path, "message": self.message, "specimen": self.specimen}
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} [{self.kind}]"
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One image of a release, with every schema field but the pixels.
+
+    ``image_path`` and ``mask_path`` are paths in the release tree (``mask_path`` is ``None``
+    when the image has no mask); ``specimen_path`` is the release folder of the specimen, the
+    unit that ``--skip-bad`` quarantines.
+    """
+
+    sample_id: str
+    dataset: str
+    category: str
+    split: str
+    specimen: str
+    view: str | None
+    illumination: str | None
+    label: int
+    object_label: int
+    defect_types: tuple[str, ...]
+    detectable: bool | None
+    image_path: str
+    mask_path: str | None
+    specimen_path: str
+
+
+@dataclass
+class ParsedRelease:
+    """What a layout parser found in a release tree: its records (in the release's own order),
+    every problem, and what the dataset card should say about the source."""
+
+    dataset: str
+    records: list[ReleaseRecord]
+    problems: list[Problem]
+    license: str = ""
+    version: str = ""
+    description: str = ""

@@ -1,7 +1,115 @@
-"""`m2ad evaluate` (placeholder until implemented)."""
-from m2ad.cli._common import fail
+"""`m2ad evaluate`: score a predictions file under a protocol, print a table, write JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from m2ad.cli._common import console, fail
 
 
-def evaluate() -> None:
-    """Score a predictions file under a protocol."""
-    fail("not implemented yet")
+def _cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _results_table(result: dict[str, Any]) -> Table:
+    """One row per metric, one column per category, and the mean over categories."""
+    categories = list(result["categories"])
+    table = Table(title=f"{result['protocol']} · {result['dataset']} · {result['mode']} · {result['mask_rule']} masks")
+    table.add_column("metric")
+    for category in categories:
+        table.add_column(category, justify="right")
+    table.add_column("mean", justify="right", style="bold")
+    for name, mean in result["mean"].items():
+        table.add_row(name, *(_cell(result["categories"][category][name]) for category in categories), _cell(mean))
+    return table
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return sum(known) / len(known) if known and len(known) == len(values) else None
+
+
+def _breakdown_table(result: dict[str, Any], axis: str) -> Table | None:
+    """Image AUROC per view (or per illumination): one column per category and their mean."""
+    breakdown = result.get("breakdown") or {}
+    if not breakdown or not all(axis in item for item in breakdown.values()):
+        return None
+    categories = list(breakdown)
+    keys = sorted({key for item in breakdown.values() for key in item[axis]})
+    unit = "view instance" if result["protocol"] == "synergy" else "image"
+    table = Table(title=f"{unit} AUROC per {axis} (—: a single class)")
+    table.add_column(axis)
+    for category in categories:
+        table.add_column(category, justify="right")
+    table.add_column("mean", justify="right")
+    for key in keys:
+        values = [breakdown[category][axis].get(key) for category in categories]
+        table.add_row(key, *(_cell(value) for value in values), _cell(_mean_or_none(values)))
+    return table
+
+
+def _grid_table(result: dict[str, Any]) -> Table | None:
+    """Image AUROC per view (rows) x illumination (columns), mean over categories."""
+    breakdown = result.get("breakdown") or {}
+    if not breakdown or not all("view_illumination" in item for item in breakdown.values()):
+        return None
+    grids = [item["view_illumination"] for item in breakdown.values()]
+    views = sorted({view for grid in grids for view in grid})
+    lights = sorted({light for grid in grids for row in grid.values() for light in row})
+    table = Table(title="image AUROC, view x illumination: mean over categories (—: a single class in some category)")
+    table.add_column("view")
+    for light in lights:
+        table.add_column(light, justify="right")
+    for view in views:
+        means = [_mean_or_none([grid.get(view, {}).get(light) for grid in grids]) for light in lights]
+        table.add_row(view, *("—" if value is None else f"{value:.3f}" for value in means))
+    return table
+
+
+def _write_json(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    os.replace(temporary, path)
+
+
+def evaluate(
+    protocol: Annotated[str, typer.Option(help="Protocol: invariant, synergy or standard.")],
+    data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
+    predictions: Annotated[Path, typer.Option(help="Predictions file (Parquet, see docs/predictions.md).")],
+    out: Annotated[Path | None, typer.Option(help="Write the full result (per category, mean, breakdown, counts) as JSON here.")] = None,
+    mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming (bounded memory) or compat (the official M2AD evaluator's binning).")] = "exact",
+    mask_rule: Annotated[str, typer.Option(help="GT masks: exact (no defect vanishes when resized) or official (eroded, labels recomputed from the masks, as the official M2AD evaluator).")] = "exact",
+    categories: Annotated[str | None, typer.Option(help="Comma-separated categories to evaluate (default: every category with test images).")] = None,
+    pro_limit: Annotated[float, typer.Option(help="FPR integration limit of AUPRO.")] = 0.3,
+) -> None:
+    """Score a predictions file under a protocol: metrics per category and their mean, as fractions in [0, 1]."""
+    from protocols import available
+    from protocols.evaluate import evaluate as run_evaluation
+
+    if protocol not in available():
+        fail(f"unknown protocol {protocol!r}; available: {', '.join(available())}")
+    chosen = None if categories is None else [name.strip() for name in categories.split(",") if name.strip()]
+    if chosen == []:
+        fail("--categories is empty")
+    try:
+        result = run_evaluation(protocol, data, predictions, mode=mode, mask_rule=mask_rule, categories=chosen,
+                                pro_limit=pro_limit, progress=True)
+    except (ValueError, FileNotFoundError) as error:  # PredictionsError is a ValueError listing the offenders
+        fail(str(error))
+    console.print(_results_table(result))
+    for table in (_breakdown_table(result, "view"), _breakdown_table(result, "illumination"), _grid_table(result)):
+        if table is not None:
+            console.print(table)
+    if out is not None:
+        _write_json(out, result)
+        console.print(f"wrote {out}")
+    undefined = [name for name, value in result["mean"].items() if value is None]
+    if undefined:
+        console.print(f"[yellow]undefined (null): {', '.join(undefined)}[/] (a single class, or no anomaly maps in the file)")

@@ -1,17 +1,270 @@
-"""`m2ad submit` and `m2ad leaderboard` (placeholders until implemented)."""
+"""`m2ad submit` and `m2ad leaderboard show|render|publish|seed-paper|remove|compact`.
+
+Every command takes ``--store DIR``; without it the store is ``$M2AD_LEADERBOARD``, else
+``$XDG_DATA_HOME/m2ad/leaderboard`` (``~/.local/share/m2ad/leaderboard``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-from m2ad.cli._common import fail
+from m2ad.cli._common import console, fail
+
+if TYPE_CHECKING:  # imported lazily at run time, to keep `m2ad --help` fast
+    import polars as pl
+
+    from leaderboard.store import Store
 
 app = typer.Typer(help="Show, render and publish the leaderboard.", no_args_is_help=True)
 
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        help="Leaderboard folder (default: $M2AD_LEADERBOARD, else ~/.local/share/m2ad/leaderboard).",
+        show_default=False,
+    ),
+]
+FORMATS = ("table", "markdown", "csv", "json")
 
-def submit() -> None:
+
+def _open_store(store: Path | None) -> Store:
+    """The leaderboard store at ``--store``, ``$M2AD_LEADERBOARD`` or the default folder."""
+    from leaderboard.store import Store
+
+    return Store.open(store)
+
+
+def _read_rows(store: Path | None) -> pl.DataFrame:
+    """Every row of the store, or a clear error when the store is malformed."""
+    from leaderboard.store import StoreError
+
+    board = _open_store(store)
+    try:
+        return board.read()
+    except StoreError as error:
+        fail(str(error))
+
+
+def submit(
+    predictions: Annotated[Path, typer.Argument(help="Predictions file (Parquet, see docs/predictions.md).")],
+    protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy or standard.")],
+    method: Annotated[str, typer.Option(help="Method name shown on the leaderboard.")],
+    data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
+    citation: Annotated[str | None, typer.Option(help="Paper or code URL (or a citation) for the method.")] = None,
+    submitter: Annotated[str | None, typer.Option(help="Who submits (name or handle).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Preset or variant of the method, e.g. 'wrn50-layer2+3'.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone network, e.g. 'wide_resnet50_2'.")] = None,
+    hardware: Annotated[str | None, typer.Option(help="Hardware the predictions were made on.")] = None,
+    note: Annotated[str | None, typer.Option(help="Free note shown with the entry.")] = None,
+    mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming or compat (official-evaluator replica).")] = "exact",
+    mask_rule: Annotated[str, typer.Option(help="GT mask rule: exact or official (eroded, as the M2AD code).")] = "exact",
+    replace: Annotated[bool, typer.Option(help="Replace an earlier submission of the same predictions file.")] = False,
+    store: StoreOption = None,
+) -> None:
     """Evaluate a predictions file and add it to the leaderboard."""
-    fail("not implemented yet")
+    from m2ad.predictions import PredictionsError
+
+    from leaderboard.store import StoreError
+    from leaderboard.submit import submit as submit_predictions
+
+    if not predictions.is_file():
+        fail(f"{predictions}: no such predictions file")
+    try:
+        submission = submit_predictions(
+            predictions,
+            protocol=protocol,
+            data=data,
+            method=method,
+            store=_open_store(store),
+            variant=variant,
+            backbone=backbone,
+            submitter=submitter,
+            citation=citation,
+            note=note,
+            hardware=hardware,
+            mode=mode,
+            mask_rule=mask_rule,
+            replace=replace,
+        )
+    except PredictionsError as error:
+        fail(f"invalid predictions file: {error}")
+    except (StoreError, ValueError, FileNotFoundError) as error:
+        fail(str(error))
+    mean = submission.result.get("mean") or {}
+    summary = ", ".join(f"{name} {100 * value:.1f}" for name, value in mean.items() if value is not None)
+    verb = "replaced " + ", ".join(submission.replaced) + " with" if submission.replaced else "added"
+    console.print(f"{verb} entry {submission.entry_id} ({len(submission.rows)} rows) — mean: {summary}", highlight=False)
 
 
 @app.command("show")
-def show() -> None:
-    """Show the leaderboard."""
-    fail("not implemented yet")
+def show(
+    protocol: Annotated[str | None, typer.Option(help="Only this protocol (invariant, synergy, standard).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. m2ad, m2ad-synth).")] = None,
+    resolution: Annotated[str | None, typer.Option(help="Only this resolution (e.g. 256, 512).")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="Only these metrics (repeat the option, or comma-separate).")
+    ] = None,
+    by: Annotated[str, typer.Option(help="One row per: entry (mean over categories), category, view or illumination.")] = "entry",
+    source: Annotated[str | None, typer.Option(help="Only entries from: run, submission or paper.")] = None,
+    format: Annotated[str, typer.Option("--format", help="Output: table, markdown, csv or json.")] = "table",  # noqa: A002
+    store: StoreOption = None,
+) -> None:
+    """Show the leaderboard: mean over categories per entry (as the paper reports) and ranks."""
+    from leaderboard import aggregate
+    from leaderboard.store import SOURCES
+
+    if format not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if by not in aggregate.BY_CHOICES:
+        fail(f"--by must be one of {', '.join(aggregate.BY_CHOICES)}, not {by!r}")
+    if source is not None and source not in SOURCES:
+        fail(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
+    metrics = [name.strip() for item in metric or [] for name in item.split(",") if name.strip()]
+    rows = aggregate.filter_rows(
+        _read_rows(store), protocol=protocol, dataset=dataset, resolution=resolution, metrics=metrics, source=source
+    )
+    summary = aggregate.summarize(rows, by=by)
+    if format == "markdown":
+        typer.echo(aggregate.to_markdown(summary), nl=False)
+    elif format == "csv":
+        typer.echo(aggregate.to_csv(summary), nl=False)
+    elif format == "json":
+        typer.echo(aggregate.to_json(summary))
+    elif summary.is_empty():
+        console.print("No leaderboard rows match. Add some with `m2ad submit` or `m2ad leaderboard seed-paper`.")
+    else:
+        _print_rich_tables(summary)
+
+
+def _print_rich_tables(summary: pl.DataFrame) -> None:
+    """One rich table per (protocol, dataset, resolution); the best value per column in bold green."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from leaderboard import aggregate
+
+    for key, part in aggregate.split_tables(summary):
+        columns = aggregate.display_columns(part)
+        metrics = aggregate.metric_columns(part)
+        best = aggregate.best_per_column(part)
+        table = Table(title=escape(aggregate.table_title(key)))
+        numeric = {*metrics, "categories", "mean_rank"}
+        for name in columns:
+            table.add_column(name, justify="right" if name in numeric else "left")
+        for row in part.iter_rows(named=True):
+            cells = []
+            for name in columns:
+                text = escape(aggregate.display_cell(name, row[name], metrics))
+                if name in metrics and row[name] is not None and row[name] == best[name]:
+                    text = f"[bold green]{text}[/]"
+                cells.append(text)
+            table.add_row(*cells)
+        console.print(table)
+
+
+@app.command("render")
+def render(
+    out: Annotated[Path, typer.Argument(help="Folder to write the site into (index.html, leaderboard.md, figures/).")],
+    store: StoreOption = None,
+) -> None:
+    """Render the leaderboard as a static, offline site with sortable tables and figures."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from leaderboard.render import render_site
+
+    rows = _read_rows(store)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as progress:
+        progress.add_task("rendering tables and figures", total=None)
+        try:
+            index = render_site(rows, out)
+        except OSError as error:
+            fail(f"cannot write the site to {out}: {error}")
+    console.print(f"wrote {index} ({len(rows)} rows)", highlight=False)
+
+
+@app.command("publish")
+def publish(
+    repo: Annotated[str, typer.Option(help="Hugging Face dataset repository, ORG/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Write the folder that would be uploaded instead of uploading.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="With --dry-run: where to write the folder (default: a new temporary folder).")
+    ] = None,
+    store: StoreOption = None,
+) -> None:
+    """Push the leaderboard (Parquet, rendered site, dataset card) to a Hugging Face dataset repository."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from leaderboard.publish import PublishError, build_folder, check_repo_id
+    from leaderboard.publish import publish as publish_rows
+
+    try:
+        check_repo_id(repo)
+    except PublishError as error:
+        fail(str(error))
+    rows = _read_rows(store)
+    if rows.is_empty():
+        fail("the leaderboard is empty: nothing to publish")
+    if out is not None and not dry_run:
+        fail("--out only goes with --dry-run")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as progress:
+        try:
+            if dry_run:
+                progress.add_task("writing the upload folder", total=None)
+                folder = build_folder(rows, out or Path(tempfile.mkdtemp(prefix="m2ad-publish-")))
+            else:
+                progress.add_task(f"uploading to {repo}", total=None)
+                url = publish_rows(rows, repo, private=private)
+        except PublishError as error:
+            fail(str(error))
+    if dry_run:
+        console.print(f"dry run: the folder that would be uploaded to {repo} is {folder}", highlight=False)
+    else:
+        console.print(f"published {len(rows)} rows to {repo}: {url}", highlight=False)
+
+
+@app.command("seed-paper")
+def seed_paper(store: StoreOption = None) -> None:
+    """Add (or refresh) the published M2AD-Synergy tables at 256 and 512 as source=paper rows."""
+    from leaderboard.paper import seed
+
+    count = seed(_open_store(store))
+    console.print(f"wrote {count} paper rows (M2AD-Synergy, Tables 2 and 3)")
+
+
+@app.command("remove")
+def remove(
+    entry_ids: Annotated[list[str], typer.Argument(help="Entry ids to delete (see `show --format json`).")],
+    store: StoreOption = None,
+) -> None:
+    """Delete entries (every row of each) from the leaderboard, atomically."""
+    from leaderboard.store import StoreError
+
+    board = _open_store(store)
+    try:
+        known = set(board.read()["entry_id"].to_list())
+        unknown = [entry for entry in entry_ids if entry not in known]
+        if unknown:
+            fail(f"no such entries: {', '.join(unknown)}")
+        removed = board.remove_entries(entry_ids)
+    except StoreError as error:
+        fail(str(error))
+    console.print(f"removed {removed} rows of {len(entry_ids)} entries", highlight=False)
+
+
+@app.command("compact")
+def compact(store: StoreOption = None) -> None:
+    """Merge the store's part files into one (safe while others submit)."""
+    from leaderboard.store import StoreError
+
+    board = _open_store(store)
+    try:
+        rows = board.compact()
+    except StoreError as error:
+        fail(str(error))
+    console.print(f"compacted {board.root}: {rows} rows in {len(board.parts())} file(s)", highlight=False)

@@ -1,7 +1,148 @@
-"""`m2ad run` (placeholder until implemented)."""
-from m2ad.cli._common import fail
+"""`m2ad run`: run methods over (category x seed) cells on Ray, resumably, and print the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from m2ad.cli._common import console, err_console, fail
+
+DEFAULT_METHOD = "gaussian"
+"""The best method that needs no downloaded weights, used when no --method is given."""
 
 
-def run() -> None:
-    """Run methods over categories and seeds."""
-    fail("not implemented yet")
+def run(
+    protocol: Annotated[str, typer.Option(help="Evaluation protocol: invariant, synergy (M2AD) or standard.")],
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help=f"Method to run; repeat for several (default: {DEFAULT_METHOD}).")
+    ] = None,
+    method_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method-arg",
+            help="Method option KEY=VALUE (repeatable); with several methods write METHOD.KEY=VALUE.",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Sharded dataset (default: the embedded synthetic M2AD, built on first use).")
+    ] = None,
+    categories: Annotated[str | None, typer.Option(help="Comma-separated categories (default: all in the data).")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each is one cell per method and category.")] = "0",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default: runs/<protocol>-<methods>-<hash>, the same for the same command, so rerunning resumes)."),
+    ] = None,
+    executor: Annotated[str, typer.Option(help="ray: cells as Ray tasks; local: one after the other in this process (debugging).")] = "ray",
+    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local one.")] = None,
+    gpus_per_task: Annotated[
+        float | None, typer.Option(help="GPUs per cell, fractions allowed (default: 1 if the cluster has GPUs, else 0).")
+    ] = None,
+    cpus_per_task: Annotated[float, typer.Option(help="CPUs per cell (also its torch threads).")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch for fit and predict.")] = 32,
+    retries: Annotated[int, typer.Option(help="Extra attempts for a failed cell (exception, out of memory, worker death).")] = 1,
+    mode: Annotated[str, typer.Option(help="Metric engine: exact, streaming or compat (official-code approximations).")] = "exact",
+    mask_rule: Annotated[str, typer.Option(help="GT masks: exact, or official (eroded as the M2AD evaluator does).")] = "exact",
+    map_dtype: Annotated[str, typer.Option(help="Dtype of the stored anomaly maps: float16 or float32.")] = "float16",
+    progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
+) -> None:
+    """Run methods over every (method x category x seed) cell, write predictions and metrics to a
+    run folder, and print the result table.  Rerunning the same command skips finished cells.
+    Exit status: 0 when every cell succeeded, 1 when some failed, 2 for bad input."""
+    from m2ad.runner import RunConfig, RunError
+    from m2ad.runner import run as run_grid
+
+    methods = tuple(dict.fromkeys(method or [DEFAULT_METHOD]))
+    try:
+        config = RunConfig(
+            protocol=protocol,
+            methods=methods,
+            method_args=_method_args(methods, method_arg or []),
+            data=data,
+            categories=_names(categories) or None,
+            seeds=tuple(_seeds(seeds)),
+            out=out,
+            executor=executor,
+            ray_address=ray_address,
+            gpus_per_task=gpus_per_task,
+            cpus_per_task=cpus_per_task,
+            batch_size=batch_size,
+            retries=retries,
+            mode=mode,
+            mask_rule=mask_rule,
+            map_dtype=map_dtype,
+        )
+        result = run_grid(config, progress=progress)
+    except (RunError, ValueError) as error:
+        fail(str(error), code=2)
+    _print_tables(result.summary)
+    console.print(
+        f"run folder: {result.run_dir}  ({len(result.computed)} cells computed, {len(result.skipped)} reused from an earlier run)"
+    )
+    if result.failed:
+        err_console.print(f"[bold red]{len(result.failed)} cell(s) failed[/] (tracebacks in cells/<id>/error.txt):")
+        for cell_id in result.failed:
+            err_console.print(f"  {result.run_dir / 'cells' / cell_id / 'error.txt'}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _names(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _names(text)]
+    except ValueError:
+        raise ValueError(f"--seeds expects comma-separated integers, got {text!r}") from None
+
+
+def _method_args(methods: tuple[str, ...], pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """Typed config kwargs per method from ``KEY=VALUE`` or ``METHOD.KEY=VALUE`` pairs."""
+    import baselines
+
+    for name in methods:
+        if name not in baselines.available():
+            raise ValueError(f"unknown method {name!r}; available: {', '.join(baselines.available())}")
+    per_method: dict[str, list[str]] = {name: [] for name in methods}
+    for pair in pairs:
+        key = pair.partition("=")[0]
+        prefix, dot, option = key.partition(".")
+        if dot:
+            if prefix not in per_method:
+                raise ValueError(f"--method-arg {pair!r} names method {prefix!r}, which is not run ({', '.join(methods)})")
+            per_method[prefix].append(option + pair[len(key) :])
+        elif len(methods) == 1:
+            per_method[methods[0]].append(pair)
+        else:
+            raise ValueError(f"--method-arg {pair!r}: with several methods write METHOD.{pair}")
+    return {name: baselines.parse_method_args(name, items) for name, items in per_method.items() if items}
+
+
+def _print_tables(summary: dict[str, Any]) -> None:
+    """Mean over categories per method, then each category, metrics as fractions."""
+    names = summary["metric_names"]
+    title = f"{summary['protocol']} ({summary['mode']}, masks {summary['mask_rule']}): mean over categories"
+    table = Table(title=title)
+    table.add_column("method")
+    for name in names:
+        table.add_column(name, justify="right")
+    for method, result in summary["methods"].items():
+        label = method if result["complete"] else f"{method} [red](incomplete)[/]"
+        table.add_row(label, *(_cell(result["mean"].get(name)) for name in names))
+    console.print(table)
+    per_category = Table(title="per category (mean over seeds)")
+    per_category.add_column("method")
+    per_category.add_column("category")
+    for name in names:
+        per_category.add_column(name, justify="right")
+    for method, result in summary["methods"].items():
+        for category, values in result["categories"].items():
+            per_category.add_row(method, category, *(_cell(values.get(name)) for name in names))
+    console.print(per_category)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,12 +1,198 @@
-"""`m2ad shard` and `m2ad info` (placeholders until implemented)."""
-from m2ad.cli._common import fail
+"""`m2ad shard SRC OUT` (validate a release tree, write Arrow shards) and `m2ad info PATH`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from m2ad.cli._common import console, err_console, fail
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from m2ad.schema import Problem
+
+_SHOWN_PROBLEMS = 30
 
 
-def shard() -> None:
-    """Validate an M2AD tree and write Arrow shards."""
-    fail("not implemented yet")
+def _print_problems(problems: Sequence[Problem], title: str) -> None:
+    """Per-kind counts and the first problems, on stderr."""
+    kinds = Counter(problem.kind for problem in problems)
+    err_console.print(f"[bold]{title}[/]: " + ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())), highlight=False)
+    for problem in problems[:_SHOWN_PROBLEMS]:
+        err_console.print(f"  {problem}", highlight=False, markup=False)
+    if len(problems) > _SHOWN_PROBLEMS:
+        err_console.print(f"  ... and {len(problems) - _SHOWN_PROBLEMS} more", highlight=False)
 
 
-def info() -> None:
-    """Summarise a sharded dataset."""
-    fail("not implemented yet")
+def _split_names(values: list[str] | None) -> list[str] | None:
+    """Category names from repeated and/or comma-separated options; ``None`` for all."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def shard(
+    src: Annotated[Path, typer.Argument(help="M2AD release tree in the official layout (real or from `m2ad synth`).")],
+    out: Annotated[Path, typer.Argument(help="Folder for the shards; a rerun on the same folder resumes.")],
+    resolution: Annotated[
+        str, typer.Option(help="'original' (released bytes, unchanged) or the pixels of the longer side, e.g. 256 or 512.")
+    ] = "original",
+    categories: Annotated[
+        list[str] | None,
+        typer.Option("--categories", "-c", help="Categories to shard (repeat the option or separate by commas); default: all."),
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Quarantine the specimens of bad files and list them, instead of failing."),
+    ] = False,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name used in sample ids; default: m2ad, or m2ad-synth for a synthetic tree.")
+    ] = None,
+    max_shard_size: Annotated[str, typer.Option(help="Largest Arrow shard file, e.g. 256MB or 1GB.")] = "256MB",
+) -> None:
+    """Validate an M2AD tree (120 configurations per specimen, masks only for NG specimens, file names,
+    meta JSON against the files, decodable PNGs, mask sizes) and write Arrow shards, a Parquet manifest
+    and a dataset card. Interrupted runs resume."""
+    from m2ad.shard import ShardError, shard_tree
+
+    if not src.is_dir():
+        fail(f"{src} is not a folder holding an M2AD tree")
+    try:
+        report = shard_tree(
+            src,
+            out,
+            resolution=resolution,
+            dataset=dataset,
+            categories=_split_names(categories),
+            strict=not skip_bad,
+            workers=workers,
+            max_shard_size=max_shard_size,
+        )
+    except ShardError as error:
+        _print_problems(error.problems, "problems")
+        fail(str(error))
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        fail(str(error))
+    reused = f" ({len(report.reused_units)} reused from an earlier run)" if report.reused_units else ""
+    console.print(
+        f"wrote {report.samples:,} samples of {', '.join(report.categories)} ({report.dataset}, resolution "
+        f"{report.resolution}) to {report.out} in {report.seconds:.1f} s; {len(report.written_units) + len(report.reused_units)} "
+        f"units{reused}",
+        highlight=False,
+    )
+    if report.skipped:
+        _print_problems(report.skipped, "skipped (quarantined, listed in the dataset card)")
+    console.print(f"summary: m2ad info {report.out}", highlight=False)
+
+
+def _size(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+def _human(size: int) -> str:
+    """``size`` bytes in a short human form."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def info(
+    path: Annotated[Path, typer.Argument(help="Sharded dataset folder (written by `m2ad shard` or `m2ad download`).")],
+) -> None:
+    """Summarise a sharded dataset: counts per category, split and label; detectability;
+    view x illumination completeness; size on disk."""
+    import polars as pl
+
+    from m2ad.data import load_manifest
+    from m2ad.schema import DatasetInfo
+
+    try:
+        described = DatasetInfo.read(path)
+        manifest = load_manifest(path)
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+
+    console.print(f"[bold]{described.dataset}[/] at {path}", highlight=False)
+    console.print(
+        f"resolution {described.resolution}, version {described.version or 'not stated'}, license {described.license or 'not stated'}, "
+        f"created {described.created or '?'}, {manifest.height:,} samples, {_human(_size(path))} on disk",
+        highlight=False,
+    )
+    if described.source:
+        console.print("source: " + ", ".join(f"{k}={v}" for k, v in sorted(described.source.items()) if k != "checksums"), highlight=False)
+
+    counts = Table(title="samples per category and split")
+    for column in ("category", "split", "images", "normal", "anomalous", "specimens (NG)", "detectable yes/no", "masks", "size"):
+        counts.add_column(column, justify="left" if column in ("category", "split") else "right")
+    per_unit = manifest.group_by(["category", "split"], maintain_order=True).agg(
+        pl.len().alias("images"),
+        (pl.col("label") == 0).sum().alias("normal"),
+        (pl.col("label") == 1).sum().alias("anomalous"),
+        pl.col("specimen").n_unique().alias("specimens"),
+        pl.col("specimen").filter(pl.col("object_label") == 1).n_unique().alias("ng"),
+        (pl.col("detectable") == True).sum().alias("detectable"),  # noqa: E712 (polars expression)
+        (pl.col("detectable") == False).sum().alias("undetectable"),  # noqa: E712 (polars expression)
+        pl.col("has_mask").sum().alias("masks"),
+        pl.col("shard_dir").first().alias("shard_dir"),
+    )
+    for row in per_unit.iter_rows(named=True):
+        counts.add_row(
+            row["category"],
+            row["split"],
+            f"{row['images']:,}",
+            f"{row['normal']:,}",
+            f"{row['anomalous']:,}",
+            f"{row['specimens']} ({row['ng']})",
+            f"{row['detectable']:,}/{row['undetectable']:,}",
+            f"{row['masks']:,}",
+            _human(_size(path / row["shard_dir"])),
+        )
+    console.print(counts)
+
+    with_views = manifest.filter(pl.col("view").is_not_null() & pl.col("illumination").is_not_null())
+    if with_views.height:
+        _print_completeness(with_views)
+    if described.skipped:
+        console.print(f"[yellow]{len(described.skipped)} problem(s) in the source were quarantined[/] (see README.md in {path})", highlight=False)
+
+
+def _print_completeness(frame: pl.DataFrame) -> None:
+    """Per category: specimens with all view x illumination configurations; then the grid of
+    image counts per (view, illumination), marking cells below the most common count."""
+    import polars as pl
+
+    views = sorted(frame["view"].unique().to_list())
+    lights = sorted(frame["illumination"].unique().to_list())
+    configurations = len(views) * len(lights)
+    per_specimen = frame.group_by(["category", "specimen"]).agg(pl.struct("view", "illumination").n_unique().alias("configs"))
+    summary = Table(title=f"completeness ({len(views)} views x {len(lights)} illuminations)")
+    for column in ("category", "specimens", "complete", "incomplete"):
+        summary.add_column(column, justify="left" if column == "category" else "right")
+    for (category,), group in per_specimen.sort("category").group_by("category", maintain_order=True):
+        complete = int((group["configs"] == configurations).sum())
+        incomplete = group.height - complete
+        summary.add_row(category, str(group.height), str(complete), f"[red]{incomplete}[/]" if incomplete else "0")
+    console.print(summary)
+
+    cells = frame.group_by(["view", "illumination"]).agg(pl.len().alias("images"))
+    lookup = {(row["view"], row["illumination"]): row["images"] for row in cells.iter_rows(named=True)}
+    expected = Counter(lookup.values()).most_common(1)[0][0]
+    grid = Table(title="images per view (rows) x illumination (columns)")
+    grid.add_column("view")
+    for light in lights:
+        grid.add_column(light, justify="right")
+    for view in views:
+        values = [lookup.get((view, light), 0) for light in lights]
+        grid.add_row(view, *(str(value) if value == expected else f"[red]{value}[/]" for value in values))
+    console.print(grid)

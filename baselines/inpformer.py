@@ -1,0 +1,781 @@
+"""``inpformer``: INP-Former (Luo et al., CVPR 2025), faithful to the official code
+(``luow23/INP-Former``; reference notes: inpformer.md), and able to load its checkpoints.
+
+Architecture (``INPFormerModel``; parameter names identical to the official ``INP_Former``):
+
+* a frozen DINOv2 encoder with registers; the outputs of ``target_layers`` (blocks 2-9 of
+  ViT-S/B, 4, 6, ..., 18 of ViT-L) are kept without the CLS and register tokens and fused by
+  their mean into F_Q;
+* the INP extractor: one cross-attention block (``aggregation.0``) whose queries are the
+  learnable ``prototype_token`` (M x C) and whose context is F_Q, softmax attention, the same
+  LayerNorm on queries and context; its output P are the intrinsic normal prototypes;
+* the INP coherence loss: mean over tokens of the cosine distance to the nearest prototype;
+* a bottleneck MLP (``bottleneck.0``) on F_Q, without residual;
+* the INP-guided decoder: blocks (``decoder.{i}``) with ReLU linear attention on per-head
+  L2-normalised q (tokens) and k (prototypes) times a learned per-head scale, no residual
+  around the attention; the block outputs are reversed and averaged in two groups, which are
+  paired with the two encoder groups (shallow encoder with deep decoder).
+
+Loss: soft-mining global cosine (gamma 3; gradients reweighted by (d / mean d)^3 through a hook)
+plus 0.2 x coherence.  Anomaly map: 1 - cosine per group, bilinear (align_corners=True) to the
+input size, mean over groups, bilinear to ``map_size``, 5 x 5 Gaussian of sigma 4 with zero
+padding; image score: mean of the top 1 % of the map.
+
+Presets: ``official`` (the INP-Former paper's recipe: 448 -> crop 392, StableAdamW, 200
+epochs, batch 16) and ``m2ad-paper`` (the settings of the M2AD benchmark code: no crop, Adam
+(0.5, 0.999) at 3.75e-3, 100 epochs, batch 12, step decay at epoch 80, full-resolution maps with
+``scipy.ndimage.gaussian_filter``, sigma 4).  On CUDA the forward pass runs under bf16 autocast
+and the softmax attentions use SDPA; on CPU everything is float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from baselines import weights
+from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, Mlp, ViTConfig, infer_vit_config, softmax_attention
+from baselines.base import Batch
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HEAD_NORM_EPS = 1e-8
+COHERENCE_WEIGHT = 0.2
+SOFT_MINING_GAMMA = 3.0
+
+TINY_ENCODER = ViTConfig(embed_dim=40, depth=4, num_heads=4, patch_size=14, num_register_tokens=4, pos_grid=4)
+"""A 40-wide, 4-head, 4-block encoder for smoke tests with random weights (``encoder=tiny``)."""
+
+
+def default_target_layers(depth: int) -> tuple[int, ...]:
+    """Encoder blocks INP-Former taps: 2-9 for 12 blocks (ViT-S/B), 4, 6, ..., 18 for 24 (ViT-L);
+    for other depths every block (an even count) or every block but the first (odd depths)."""
+    if depth == 12:
+        return tuple(range(2, 10))
+    if depth == 24:
+        return tuple(range(4, 19, 2))
+    return tuple(range(depth % 2, depth))
+
+
+@dataclass(frozen=True)
+class INPFormerArch:
+    """Shape of an INP-Former: its encoder, prototypes, decoder depth and tapped layers."""
+
+    encoder: ViTConfig
+    num_prototypes: int = 6
+    decoder_depth: int = 8
+    target_layers: tuple[int, ...] = tuple(range(2, 10))
+
+    def __post_init__(self) -> None:
+        if len(self.target_layers) < 2 or len(self.target_layers) % 2 or self.decoder_depth < 2 or self.decoder_depth % 2:
+            raise ValueError("INP-Former needs an even number (>= 2) of target layers and of decoder blocks")
+        if max(self.target_layers) >= self.encoder.depth or min(self.target_layers) < 0:
+            raise ValueError(f"target layers {self.target_layers} outside the {self.encoder.depth}-block encoder")
+        if self.num_prototypes < 1:
+            raise ValueError("num_prototypes must be positive")
+
+    @property
+    def encoder_groups(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Indices into the tapped layers of the two fused encoder groups (official [[0..3], [4..7]])."""
+        half = len(self.target_layers) // 2
+        return tuple(range(half)), tuple(range(half, 2 * half))
+
+    @property
+    def decoder_groups(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Indices into the reversed decoder outputs of the two fused decoder groups."""
+        half = self.decoder_depth // 2
+        return tuple(range(half)), tuple(range(half, 2 * half))
+
+
+class AggregationAttention(nn.Module):
+    """Cross-attention of queries on a context: ``q`` from the queries, fused ``kv`` from the context."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+        self.use_sdpa = True
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Softmax attention (B, T, C) x (B, N, C) -> (B, T, C)."""
+        batch, count, dim = queries.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        query = self.q(queries).reshape(batch, count, heads, head_dim).transpose(1, 2)
+        key, value = self.kv(context).reshape(batch, context.shape[1], 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = softmax_attention(query, key, value, use_sdpa=self.use_sdpa)
+        return self.proj(out.transpose(1, 2).reshape(batch, count, dim))
+
+
+class AggregationBlock(nn.Module):
+    """The INP extractor block: tokens + attn(LN1 tokens, LN1 context), then + MLP(LN2)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=HEAD_NORM_EPS)
+        self.attn = AggregationAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=HEAD_NORM_EPS)
+        self.mlp = Mlp(dim, dim * 4)
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Update the prototype tokens from the context."""
+        tokens = tokens + self.attn(self.norm1(tokens), self.norm1(context))
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class PrototypeAttention(nn.Module):
+    """ReLU linear attention of tokens on prototypes, cosine-normalised q and k, learned scale."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.learn_scale = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) tokens, (B, M, C) prototypes -> (B, N, C); cost O(N M C)."""
+        batch, count, dim = tokens.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        query = F.normalize(self.q(tokens).reshape(batch, count, heads, head_dim).transpose(1, 2), dim=-1)
+        key, value = self.kv(prototypes).reshape(batch, prototypes.shape[1], 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        key = F.normalize(key, dim=-1)
+        weights_ = F.relu((query @ key.transpose(-2, -1)) * self.learn_scale)
+        return self.proj((weights_ @ value).transpose(1, 2).reshape(batch, count, dim))
+
+
+class PrototypeBlock(nn.Module):
+    """The INP-guided decoder block: x = attn(LN1 x, LN1 P) (no residual), then x + MLP(LN2 x)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=HEAD_NORM_EPS)
+        self.attn = PrototypeAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=HEAD_NORM_EPS)
+        self.mlp = Mlp(dim, dim * 4)
+
+    def forward(self, tokens: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """Decode tokens guided by the prototypes."""
+        tokens = self.attn(self.norm1(tokens), self.norm1(prototypes))
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class INPOutput(NamedTuple):
+    """What ``INPFormerModel.forward`` returns: the two encoder and decoder group maps
+    (B, C, h, w), the coherence loss, and each token's distance to its nearest INP (B, h*w)."""
+
+    encoder: list[torch.Tensor]
+    decoder: list[torch.Tensor]
+    coherence_loss: torch.Tensor
+    distance: torch.Tensor
+
+
+class INPFormerModel(nn.Module):
+    """INP-Former with the official parameter names (``encoder.*``, ``bottleneck.0.*``,
+    ``aggregation.0.*``, ``decoder.{i}.*``, ``prototype_token``)."""
+
+    def __init__(self, arch: INPFormerArch, encoder: DinoVisionTransformer | None = None) -> None:
+        super().__init__()
+        self.arch = arch
+        dim, heads = arch.encoder.embed_dim, arch.encoder.num_heads
+        self.encoder = encoder if encoder is not None else DinoVisionTransformer(arch.encoder)
+        self.bottleneck = nn.ModuleList([Mlp(dim, dim * 4)])
+        self.aggregation = nn.ModuleList([AggregationBlock(dim, heads)])
+        self.decoder = nn.ModuleList(PrototypeBlock(dim, heads) for _ in range(arch.decoder_depth))
+        self.prototype_token = nn.Parameter(torch.randn(arch.num_prototypes, dim))
+        self.encoder.requires_grad_(False)
+        self.mixed_precision = True
+        """bf16 autocast on CUDA (no effect on CPU); ``False`` runs float32 everywhere."""
+        self.reset_head()
+
+    def trainable_modules(self) -> nn.ModuleList:
+        """The trained parts, in the official order: bottleneck, decoder, extractor (and the INPs)."""
+        return nn.ModuleList([self.bottleneck, self.decoder, self.aggregation])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates: the head and the prototype tokens (not the encoder)."""
+        return [*self.trainable_modules().parameters(), self.prototype_token]
+
+    def reset_head(self) -> None:
+        """Official initialisation: Linear weights trunc-normal(0.01, [-0.03, 0.03]), biases 0, LayerNorm (1, 0)."""
+        for module in self.trainable_modules().modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.01, a=-0.03, b=0.03)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor) -> INPOutput:
+        """Normalised images (B, 3, H, W), H and W multiples of the patch size -> ``INPOutput``."""
+        grid_h, grid_w = images.shape[-2] // self.arch.encoder.patch_size, images.shape[-1] // self.arch.encoder.patch_size
+        with torch.no_grad():
+            tapped = self.encoder.intermediate_layers(images, self.arch.target_layers)
+        skip = 1 + self.arch.encoder.num_register_tokens
+        tapped = [layer[:, skip:] for layer in tapped]
+        fused = torch.stack(tapped, dim=1).mean(dim=1)
+        batch = fused.shape[0]
+        prototypes = self.prototype_token
+        for block in self.aggregation:
+            prototypes = block(prototypes.unsqueeze(0).expand(batch, -1, -1), fused)
+        coherence_loss, distance = coherence(fused, prototypes)
+        tokens = fused
+        for block in self.bottleneck:
+            tokens = block(tokens)
+        decoded = []
+        for block in self.decoder:
+            tokens = block(tokens, prototypes)
+            decoded.append(tokens)
+        decoded = decoded[::-1]
+
+        def grouped(layers: list[torch.Tensor], groups: tuple[tuple[int, ...], ...]) -> list[torch.Tensor]:
+            means = [torch.stack([layers[index] for index in group], dim=1).mean(dim=1) for group in groups]
+            return [mean.transpose(1, 2).reshape(batch, -1, grid_h, grid_w).contiguous() for mean in means]
+
+        return INPOutput(grouped(tapped, self.arch.encoder_groups), grouped(decoded, self.arch.decoder_groups), coherence_loss, distance)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, map_size: int = 256, return_raw: bool = False, smoothing: str = "official", top_fraction: float = 0.01) -> tuple[torch.Tensor, ...]:
+        """The official evaluation outputs for normalised images (B, 3, H, W).
+
+        Returns ``(scores (B,), maps (B, map_size, map_size))``: the anomaly map bilinearly
+        resized to ``map_size`` (0 keeps the input size) and smoothed (``official``: 5 x 5,
+        sigma 4, zero padding; ``scipy``: ``gaussian_filter`` sigma 4 as the M2AD code), and the
+        mean of its top ``top_fraction`` as the score.  ``return_raw=True`` adds the unsmoothed
+        maps at ``map_size`` as a third element.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with _autocast(images.device, self.mixed_precision):
+                output = self(images)
+        finally:
+            self.train(was_training)
+        raw = anomaly_map(output.encoder, output.decoder, images.shape[-2:])
+        if map_size:
+            raw = F.interpolate(raw, size=(map_size, map_size), mode="bilinear", align_corners=False)
+        maps = smooth(raw, smoothing)[:, 0]
+        scores = top_mean(maps, top_fraction)
+        return (scores, maps, raw[:, 0]) if return_raw else (scores, maps)
+
+
+def coherence(tokens: torch.Tensor, prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """INP coherence loss: mean over tokens of the cosine distance to the nearest prototype;
+    also returns those distances (B, N)."""
+    similarity = F.normalize(tokens.float(), dim=-1, eps=1e-8) @ F.normalize(prototypes.float(), dim=-1, eps=1e-8).transpose(1, 2)
+    distance = (1.0 - similarity).min(dim=2).values
+    return distance.mean(), distance
+
+
+def soft_mining_loss(encoder: list[torch.Tensor], decoder: list[torch.Tensor], gamma: float = SOFT_MINING_GAMMA) -> torch.Tensor:
+    """The official ``global_cosine_hm_adaptive`` loss.
+
+    Value: mean over groups of the mean over samples of 1 - cos(flattened encoder map,
+    flattened decoder map).  Gradient: the decoder map's gradient is multiplied, position by
+    position, by ``(d / mean d) ** gamma`` where d = 1 - cos over channels (no gradient).
+    """
+    total = 0.0
+    for target, output in zip(encoder, decoder, strict=True):
+        target = target.detach().float()
+        output = output.float()
+        with torch.no_grad():
+            point_distance = 1.0 - F.cosine_similarity(target, output, dim=1).unsqueeze(1)
+            factor = (point_distance / point_distance.mean()) ** gamma
+        total = total + torch.mean(1.0 - F.cosine_similarity(target.reshape(target.shape[0], -1), output.reshape(output.shape[0], -1), dim=1))
+        if output.requires_grad:
+            output.register_hook(lambda grad, factor=factor: grad * factor)
+    return total / len(encoder)
+
+
+def anomaly_map(encoder: list[torch.Tensor], decoder: list[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Official ``cal_anomaly_maps``: per group 1 - cosine over channels, bilinear
+    (``align_corners=True``) to ``size``, mean over groups -> (B, 1, H, W) float32."""
+    maps = []
+    for target, output in zip(encoder, decoder, strict=True):
+        distance = 1.0 - F.cosine_similarity(target.float(), output.float(), dim=1)
+        maps.append(F.interpolate(distance.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=True))
+    return torch.cat(maps, dim=1).mean(dim=1, keepdim=True)
+
+
+def official_gaussian_kernel(size: int = 5, sigma: float = 4.0) -> torch.Tensor:
+    """The official ``get_gaussian_kernel``: a normalised ``size`` x ``size`` Gaussian (1, 1, k, k)."""
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
+    grid = coords[None, :] ** 2 + coords[:, None] ** 2
+    kernel = torch.exp(-grid / (2.0 * sigma**2))
+    return (kernel / kernel.sum()).view(1, 1, size, size)
+
+
+def smooth(maps: torch.Tensor, method: str = "official") -> torch.Tensor:
+    """Smooth (B, 1, H, W) maps: ``official`` 5 x 5 sigma-4 Gaussian with zero padding,
+    ``scipy`` ``ndimage.gaussian_filter(sigma=4)`` per map (M2AD code), or ``none``."""
+    if method == "official":
+        kernel = official_gaussian_kernel().to(maps.device, maps.dtype)
+        return F.conv2d(maps, kernel, padding=kernel.shape[-1] // 2)
+    if method == "scipy":
+        smoothed = np.stack([ndimage.gaussian_filter(item, sigma=4) for item in maps[:, 0].cpu().numpy()])
+        return torch.from_numpy(smoothed).unsqueeze(1).to(maps.device)
+    if method == "none":
+        return maps
+    raise ValueError(f"unknown smoothing {method!r}; expected official, scipy or none")
+
+
+def top_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Official image score: mean of the top ``int(pixels * fraction)`` values of each map; the
+    maximum when that count is 0."""
+    flat = maps.reshape(maps.shape[0], -1)
+    count = int(flat.shape[1] * fraction)
+    if count == 0:
+        return flat.amax(dim=1)
+    return flat.topk(count, dim=1).values.mean(dim=1)
+
+
+def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 autocast on CUDA when ``enabled``, a disabled context elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def infer_arch(state_dict: dict[str, torch.Tensor], target_layers: tuple[int, ...] | None = None) -> INPFormerArch:
+    """The ``INPFormerArch`` of an official INP-Former state dict.
+
+    Width, depth, registers, patch size and position grid come from the ``encoder.*`` shapes, the
+    head count from ``decoder.0.attn.learn_scale`` (heads, 1, 1) (the encoder uses the same
+    count), the prototypes from ``prototype_token``, the decoder depth from the ``decoder.{i}``
+    keys.  The tapped layers are not stored: ``default_target_layers(depth)`` unless given.
+    """
+    for key in ("prototype_token", "decoder.0.attn.learn_scale", "encoder.cls_token"):
+        if key not in state_dict:
+            raise ValueError(f"not an official INP-Former state dict: missing {key!r}")
+    heads = state_dict["decoder.0.attn.learn_scale"].shape[0]
+    encoder = infer_vit_config(state_dict, prefix="encoder.", num_heads=heads)
+    decoder_depth = 1 + max(int(key.split(".")[1]) for key in state_dict if key.startswith("decoder."))
+    return INPFormerArch(
+        encoder=encoder,
+        num_prototypes=state_dict["prototype_token"].shape[0],
+        decoder_depth=decoder_depth,
+        target_layers=tuple(target_layers) if target_layers is not None else default_target_layers(encoder.depth),
+    )
+
+
+def load_official(state_dict_or_path: dict[str, torch.Tensor] | str | Path, target_layers: tuple[int, ...] | None = None) -> INPFormerModel:
+    """An ``INPFormerModel`` from an official checkpoint (``model.pth``) or its state dict,
+    architecture inferred from the shapes (``infer_arch``), loaded with ``strict=True``, in eval mode.
+
+    Files are read with ``torch.load(weights_only=True)``: no pickled code runs.
+    """
+    if isinstance(state_dict_or_path, (str, Path)):
+        path = Path(state_dict_or_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint")
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state_dict = state_dict_or_path
+    if not isinstance(state_dict, dict):
+        raise ValueError("an INP-Former checkpoint must hold a state dict (a dict of tensors)")
+    model = INPFormerModel(infer_arch(state_dict, target_layers))
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+class StableAdamW(torch.optim.Optimizer):
+    """AdamW with an update-RMS clip, as the official ``optimizers/StableAdamW.py``.
+
+    Weight decay is decoupled (``p *= 1 - lr * wd``); with ``amsgrad`` the running maximum of the
+    second moment normalises the step; the step size is divided by max(1, RMS(grad / denom) /
+    ``clip_threshold``).
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, clip_threshold: float = 1.0) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad, "clip_threshold": clip_threshold})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # noqa: D102 (documented on the class)
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                param.mul_(1 - group["lr"] * group["weight_decay"])
+                grad = param.grad
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                correction1 = 1 - beta1 ** state["step"]
+                correction2 = 1 - beta2 ** state["step"]
+                state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                second = state["exp_avg_sq"]
+                if group["amsgrad"]:
+                    torch.maximum(state["max_exp_avg_sq"], second, out=state["max_exp_avg_sq"])
+                    second = state["max_exp_avg_sq"]
+                denom = (second.sqrt() / math.sqrt(correction2)).add_(group["eps"])
+                ratio = grad / denom
+                rms = float(ratio.norm(2) / ratio.numel() ** 0.5)
+                step_size = group["lr"] / correction1 / max(1.0, rms / group["clip_threshold"])
+                param.addcdiv_(state["exp_avg"], denom, value=-step_size)
+
+
+def warm_cosine_lr(iteration: int, base: float, final: float, total: int, warmup: int) -> float:
+    """Official ``WarmCosineScheduler`` learning rate at ``iteration`` (0-based): linear from 0 to
+    ``base`` over ``warmup`` iterations (``np.linspace``), cosine to ``final`` at ``total``,
+    ``final`` afterwards."""
+    if iteration >= total:
+        return final
+    if iteration < warmup:
+        return float(np.linspace(0.0, base, warmup)[iteration])
+    span = total - warmup
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * (iteration - warmup) / span))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "official": {
+        "input_size": 448, "crop_size": 392, "epochs": 200, "batch_size": 16, "optimizer": "stableadamw",
+        "lr": 1e-3, "final_lr": 1e-4, "warmup_iters": 100, "weight_decay": 1e-4, "betas": (0.9, 0.999),
+        "lr_step_epoch": 0, "grad_clip": 0.1, "map_size": 256, "smoothing": "official",
+    },
+    "m2ad-paper": {
+        "input_size": 448, "crop_size": 448, "epochs": 100, "batch_size": 12, "optimizer": "adam",
+        "lr": 3.75e-3, "final_lr": 3.75e-3, "warmup_iters": 0, "weight_decay": 0.0, "betas": (0.5, 0.999),
+        "lr_step_epoch": 80, "grad_clip": 5.0, "map_size": 0, "smoothing": "scipy",
+    },
+}
+"""Training and evaluation recipes (reference inpformer.md sections 4 and 11).  ``map_size`` 0
+means maps at the crop size; ``lr_step_epoch`` multiplies the lr by 0.1 from that epoch on."""
+
+
+@dataclass
+class INPFormerConfig:
+    """Options of the ``inpformer`` method; options left ``None`` come from ``preset``."""
+
+    preset: str = "official"
+    """``official`` (INP-Former paper) or ``m2ad-paper`` (M2AD benchmark code)."""
+    encoder: str = "vitb14"
+    """DINOv2 reg4 size: ``vits14``, ``vitb14``, ``vitl14``; ``tiny`` is a 40-wide smoke-test encoder."""
+    encoder_weights: str = "auto"
+    """``auto`` (the registry's ``dinov2_<encoder>_reg4_pretrain``), a registry name, a file path,
+    or ``random`` (untrained encoder; smoke tests only)."""
+    num_prototypes: int = 6
+    multi_class: bool = True
+    """One model for all training categories (official multi-class); ``False`` trains one per category."""
+    shots: int = 0
+    """Few-shot: train on this many random normal images per category, each augmented x22 as the official code."""
+    input_size: int | None = None
+    crop_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    """``stableadamw`` or ``adam``."""
+    lr: float | None = None
+    final_lr: float | None = None
+    warmup_iters: int | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, ...] | None = None
+    lr_step_epoch: int | None = None
+    grad_clip: float | None = None
+    seed: int | None = None
+    """Seed of the initialisation, shuffling and few-shot sampling; ``None`` draws one from torch's
+    global generator, which the runner seeds per cell (the official code used 1, M2AD's 42)."""
+    map_size: int | None = None
+    smoothing: str | None = None
+    """``official`` (5 x 5 Gaussian, zero padding), ``scipy`` (gaussian_filter, sigma 4) or ``none``."""
+    top_fraction: float = 0.01
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.encoder not in (*VIT_PRESETS, "tiny"):
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose from {', '.join([*VIT_PRESETS, 'tiny'])}")
+        if self.optimizer not in ("stableadamw", "adam"):
+            raise ValueError(f"optimizer must be stableadamw or adam, got {self.optimizer!r}")
+        if self.smoothing not in ("official", "scipy", "none"):
+            raise ValueError(f"smoothing must be official, scipy or none, got {self.smoothing!r}")
+        if self.crop_size > self.input_size or self.crop_size < 14:
+            raise ValueError(f"crop_size must be in [14, input_size], got {self.crop_size} with input_size {self.input_size}")
+        if min(self.epochs, self.batch_size, self.num_prototypes) < 1 or self.shots < 0:
+            raise ValueError("epochs, batch_size and num_prototypes must be positive, shots >= 0")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas needs two values, got {self.betas}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def resize_crop(images: torch.Tensor, input_size: int, crop_size: int) -> torch.Tensor:
+    """Official geometry of uint8 (B, 3, H, W): resize to ``input_size`` square (bilinear,
+    antialiased, rounded to uint8 as PIL does), then centre-crop ``crop_size``; stays uint8."""
+    if images.shape[-2:] != (input_size, input_size):
+        resized = F.interpolate(images.float(), size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
+        images = resized.round_().clamp_(0, 255).to(torch.uint8)
+    offset = (input_size - crop_size) // 2
+    return images[..., offset : offset + crop_size, offset : offset + crop_size]
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 scaled to [0, 1] and ImageNet-normalised (ToTensor + Normalize)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def preprocess(images: torch.Tensor, input_size: int, crop_size: int) -> torch.Tensor:
+    """The official test transform of uint8 images: ``resize_crop`` then ``normalize``."""
+    return normalize(resize_crop(images, input_size, crop_size))
+
+
+def few_shot_augment(image: torch.Tensor) -> torch.Tensor:
+    """The official few-shot augmentation of one normalised image (3, H, W) -> (22, 3, H, W):
+    the image, 8 rotations, 8 translations, a horizontal flip, greyscale and 3 quarter turns
+    (applied to the normalised tensor, as the official code does)."""
+    batch = image.unsqueeze(0)
+    out = [batch]
+
+    def warp(matrix: list[list[float]]) -> torch.Tensor:
+        theta = torch.tensor(matrix, dtype=torch.float32).unsqueeze(0)
+        grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+        return F.grid_sample(batch, grid, padding_mode="reflection", align_corners=False)
+
+    for angle in (-math.pi / 4, -3 * math.pi / 16, -math.pi / 8, -math.pi / 16, math.pi / 16, math.pi / 8, 3 * math.pi / 16, math.pi / 4):
+        cos, sin = math.cos(angle), math.sin(angle)
+        out.append(warp([[cos, -sin, 0.0], [sin, cos, 0.0]]))
+    for dx, dy in ((0.2, 0.2), (-0.2, 0.2), (-0.2, -0.2), (0.2, -0.2), (0.1, 0.1), (-0.1, 0.1), (-0.1, -0.1), (0.1, -0.1)):
+        out.append(warp([[1.0, 0.0, dx], [0.0, 1.0, dy]]))
+    out.append(batch.flip(-1))
+    grey = 0.299 * batch[:, 0] + 0.587 * batch[:, 1] + 0.114 * batch[:, 2]
+    out.append(grey.unsqueeze(1).expand(-1, 3, -1, -1))
+    out.extend(torch.rot90(batch, turns, dims=(-2, -1)) for turns in (1, 2, 3))
+    return torch.cat(out)
+
+
+class INPFormer:
+    """INP-Former behind the runner's method interface (``baselines.base.Method``)."""
+
+    name: ClassVar[str] = "inpformer"
+    Config: ClassVar[type] = INPFormerConfig
+
+    def __init__(self, config: INPFormerConfig | None = None) -> None:
+        self.config = config or INPFormerConfig()
+        if self.config.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("inpformer: device=cuda but CUDA is not available here")
+        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self._encoder: DinoVisionTransformer | None = None
+        self.models: dict[str, INPFormerModel] = {}
+        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+
+    @property
+    def arch(self) -> INPFormerArch:
+        """The architecture the config asks for."""
+        encoder = TINY_ENCODER if self.config.encoder == "tiny" else VIT_PRESETS[self.config.encoder]
+        return INPFormerArch(encoder=encoder, num_prototypes=self.config.num_prototypes, decoder_depth=len(default_target_layers(encoder.depth)), target_layers=default_target_layers(encoder.depth))
+
+    def encoder(self) -> DinoVisionTransformer:
+        """The frozen DINOv2 encoder, loaded (strictly) on first use from ``encoder_weights``."""
+        if self._encoder is None:
+            arch = self.arch
+            source = self.config.encoder_weights
+            if source == "random":
+                encoder = DinoVisionTransformer(arch.encoder)
+            else:
+                if source == "auto":
+                    if self.config.encoder == "tiny":
+                        raise ValueError("encoder=tiny has no pretrained weights; use encoder_weights=random")
+                    source = f"dinov2_{self.config.encoder}_reg4_pretrain"
+                if source in weights.REGISTRY:
+                    state = weights.load_state_dict(source)
+                else:
+                    path = Path(source).expanduser()
+                    if not path.is_file():
+                        raise weights.WeightsUnavailable(f"encoder_weights {source!r} is neither a known weights name nor a file")
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                found = infer_vit_config(state, num_heads=arch.encoder.num_heads)
+                if replace(found, pos_grid=arch.encoder.pos_grid) != arch.encoder:
+                    raise ValueError(f"encoder weights {source!r} describe {found}, not the {self.config.encoder} encoder {arch.encoder}")
+                encoder = DinoVisionTransformer(found)
+                encoder.load_state_dict(state, strict=True)
+            self._encoder = encoder.to(self.device).eval()
+        return self._encoder
+
+    def _new_model(self) -> INPFormerModel:
+        """A fresh INP-Former sharing the frozen encoder, initialised as the official code."""
+        encoder = self.encoder()
+        arch = replace(self.arch, encoder=encoder.config)
+        return INPFormerModel(arch, encoder=encoder).to(self.device)
+
+    def _collect(self, train: Iterable[Batch]) -> dict[str, torch.Tensor]:
+        """Training images per training group: uint8 resized crops (normalised per batch, which
+        keeps memory at a quarter of float32), or normalised float32 augmentations (few-shot)."""
+        groups: dict[str, list[torch.Tensor]] = {}
+        for batch in train:
+            images = resize_crop(batch.images, self.config.input_size, self.config.crop_size)
+            for index, category in enumerate(batch.categories):
+                groups.setdefault(category, []).append(images[index])
+        if not groups:
+            raise ValueError("inpformer: no training images")
+        stacked = {category: torch.stack(items) for category, items in groups.items()}
+        if self.config.shots:
+            rng = random.Random(self.seed)
+            for category, images in stacked.items():
+                chosen = rng.sample(range(len(images)), min(self.config.shots, len(images)))
+                stacked[category] = torch.cat([few_shot_augment(normalize(images[index : index + 1])[0]) for index in chosen])
+        if self.config.multi_class or self.config.shots:
+            return {"*": torch.cat(list(stacked.values()))}
+        return stacked
+
+    def fit(self, train: Iterable[Batch]) -> None:
+        """Train one model (multi-class or few-shot) or one per category with the preset's recipe."""
+        torch.manual_seed(self.seed)
+        self.models = {}
+        for group, images in self._collect(train).items():
+            model = self._new_model()
+            self.train_model(model, images)
+            self.models[group] = model.eval()
+
+    def train_model(self, model: INPFormerModel, images: torch.Tensor) -> list[float]:
+        """The official training loop on uint8 crops or normalised float images; returns the
+        loss of each iteration."""
+        config = self.config
+        params = model.trainable_parameters()
+        if config.optimizer == "stableadamw":
+            optimizer: torch.optim.Optimizer = StableAdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, amsgrad=True, eps=1e-10)
+        else:
+            optimizer = torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+        batch_size = min(config.batch_size, len(images))  # the official loader would run no step here
+        per_epoch = len(images) // batch_size  # drop_last, as the official loader
+        total = config.epochs * per_epoch
+        generator = torch.Generator().manual_seed(self.seed)
+        losses = []
+        model.train()
+        iteration = 0
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for step in range(per_epoch):
+                for group in optimizer.param_groups:
+                    group["lr"] = self._lr(iteration, epoch, total)
+                batch = images[order[step * batch_size : (step + 1) * batch_size]].to(self.device)
+                batch = normalize(batch) if batch.dtype == torch.uint8 else batch.float()
+                with _autocast(self.device, model.mixed_precision):
+                    output = model(batch)
+                loss = soft_mining_loss(output.encoder, output.decoder) + COHERENCE_WEIGHT * output.coherence_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, max_norm=config.grad_clip)
+                optimizer.step()
+                losses.append(loss.detach().item())
+                iteration += 1
+            logger.info("inpformer: epoch %d/%d, loss %.4f", epoch + 1, config.epochs, float(np.mean(losses[-per_epoch:])))
+        return losses
+
+    def _lr(self, iteration: int, epoch: int, total: int) -> float:
+        """The preset's learning rate: warm-up + cosine (official) or a step decay (M2AD)."""
+        config = self.config
+        if config.optimizer == "stableadamw":
+            return warm_cosine_lr(iteration, config.lr, config.final_lr, total, config.warmup_iters)
+        decayed = config.lr_step_epoch and epoch >= config.lr_step_epoch
+        return config.lr * (0.1 if decayed else 1.0)
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (B,) by the official top-1 % rule and maps (B, H, W) at the input size.
+
+        The map covers the centre crop; it is resized into the crop's place in the input frame
+        and the uncovered border gets each map's minimum (the border is never seen, as in the
+        official evaluation).
+        """
+        if not self.models:
+            raise RuntimeError("inpformer: predict called before fit")
+        config = self.config
+        images = preprocess(batch.images.to(self.device), config.input_size, config.crop_size)
+        scores = torch.empty(len(batch))
+        height, width = batch.images.shape[-2:]
+        maps = torch.empty(len(batch), height, width)
+        keys = ["*"] * len(batch) if "*" in self.models else batch.categories
+        for key in dict.fromkeys(keys):
+            if key not in self.models:
+                raise ValueError(f"inpformer: no model was trained for category {key!r}")
+            rows = [index for index, item in enumerate(keys) if item == key]
+            score, crop_maps = self.models[key].predict(images[rows], map_size=config.map_size, smoothing=config.smoothing, top_fraction=config.top_fraction)
+            scores[rows] = score.float().cpu()
+            maps[rows] = _uncrop(crop_maps.float().cpu(), height, width, config.input_size, config.crop_size)
+        return scores.numpy().astype(np.float32), maps.numpy().astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The encoder once (``encoder.*``) and each trained head under ``<group>/`` (``*`` for multi-class)."""
+        state: dict[str, Any] = {f"encoder.{key}": value for key, value in self.encoder().state_dict().items()}
+        for group, model in self.models.items():
+            for key, value in model.state_dict().items():
+                if not key.startswith("encoder."):
+                    state[f"{group}/{key}"] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the encoder and the trained heads written by ``state_dict``."""
+        encoder_state = {key[len("encoder.") :]: value for key, value in state.items() if key.startswith("encoder.")}
+        encoder = DinoVisionTransformer(infer_vit_config(encoder_state, num_heads=self.arch.encoder.num_heads))
+        encoder.load_state_dict(encoder_state, strict=True)
+        self._encoder = encoder.to(self.device).eval()
+        heads: dict[str, dict[str, Any]] = {}
+        for key, value in state.items():
+            group, sep, name = key.partition("/")
+            if sep:
+                heads.setdefault(group, {})[name] = value
+        self.models = {}
+        for group, head in heads.items():
+            model = self._new_model()
+            full = {**{f"encoder.{key}": value for key, value in encoder_state.items()}, **head}
+            model.load_state_dict(full, strict=True)
+            self.models[group] = model.eval()
+
+
+def _uncrop(maps: torch.Tensor, height: int, width: int, input_size: int, crop_size: int) -> torch.Tensor:
+    """Place (B, h, w) maps of the centre crop into (B, height, width) input frames; the border
+    outside the crop gets each map's minimum."""
+    top = round((input_size - crop_size) // 2 * height / input_size)
+    left = round((input_size - crop_size) // 2 * width / input_size)
+    crop_h, crop_w = height - 2 * top, width - 2 * left
+    resized = F.interpolate(maps.unsqueeze(1), size=(crop_h, crop_w), mode="bilinear", align_corners=False)[:, 0]
+    if (crop_h, crop_w) == (height, width):
+        return resized
+    out = maps.reshape(maps.shape[0], -1).amin(dim=1).view(-1, 1, 1).expand(-1, height, width).clone()
+    out[:, top : top + crop_h, left : left + crop_w] = resized
+    return out
+
+
+__all__ = [
+    "INPFormer",
+    "INPFormerArch",
+    "INPFormerConfig",
+    "INPFormerModel",
+    "PRESETS",
+    "StableAdamW",
+    "anomaly_map",
+    "few_shot_augment",
+    "infer_arch",
+    "load_official",
+    "normalize",
+    "preprocess",
+    "resize_crop",
+    "soft_mining_loss",
+    "warm_cosine_lr",
+]

@@ -1,0 +1,158 @@
+"""Harness overhead per image of one runner cell, against the floor of only decoding the images.
+
+A cell with a no-op method (no fit, zero maps) still loads every test image and mask from the
+shards, writes the predictions file and evaluates image and pixel metrics: what is left over
+the decode floor is the harness's own cost.  The target is at most 20 % over the floor.
+
+    .venv/bin/python benchmarks/runner.py [--resolution 256] [--normal 3] [--ng 3] [--repeats 3]
+                                          [--mode exact|streaming|compat] [--map-dtype float16|float32]
+
+Both are measured in the same run on the same images; the ratio is printed (best of repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import numpy as np
+import polars as pl
+from PIL import Image
+
+import protocols
+from baselines.base import Batch
+from m2ad.data import iter_batches, load_manifest
+from m2ad.runner import CellSpec, execute_cell
+from m2ad.shard import shard_tree
+from m2ad.synth import generate
+
+
+@dataclass
+class NoOpConfig:
+    """No options."""
+
+
+class NoOpMethod:
+    """Learns nothing, scores every image 0 with an all-zero map: the harness's floor."""
+
+    name: ClassVar[str] = "noop"
+    Config: ClassVar[type] = NoOpConfig
+
+    def __init__(self, config: NoOpConfig) -> None:
+        self.config = config
+
+    def fit(self, train: Iterable[Batch]) -> None:
+        """Nothing to learn (the training images are not even read)."""
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Zero scores and zero maps."""
+        count, _, height, width = batch.images.shape
+        return np.zeros(count), np.zeros((count, height, width), dtype=np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def decode_floor(shards: Path, sample_ids: list[str]) -> float:
+    """Seconds to read and decode the given images (RGB, uint8) from the Arrow shards and
+    nothing else, with as many decoding threads as ``m2ad.data`` uses: the best a harness can do."""
+    manifest = load_manifest(shards).filter(pl.col("sample_id").is_in(sample_ids))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for (shard_dir,), rows in manifest.group_by("shard_dir", maintain_order=True):
+            table = datasets.load_from_disk(str(shards / shard_dir)).data.table
+            encoded = table.column("image").take(rows["shard_row"].to_list()).to_pylist()
+            list(pool.map(lambda item: np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("RGB")), encoded))
+    return time.perf_counter() - started
+
+
+def load_only(shards: Path, protocol: str) -> float:
+    """Seconds for ``m2ad.data.iter_batches`` to deliver the test images and masks, nothing else."""
+    test = protocols.get(protocol).test_samples(load_manifest(shards), "Cube")
+    started = time.perf_counter()
+    for _ in iter_batches(shards, test, batch_size=32, with_masks=True):
+        pass
+    return time.perf_counter() - started
+
+
+def harness(
+    shards: Path, out: Path, category: str, protocol: str, mode: str, map_dtype: str, repeat: int
+) -> tuple[float, int, dict[str, float]]:
+    """Seconds of one no-op cell (load, predict, write, evaluate), its number of test images
+    and its stage timings."""
+    spec = CellSpec(
+        cell_id=f"noop-{repeat}",
+        method="noop",
+        method_class=NoOpMethod,
+        method_config={},
+        category=category,
+        seed=0,
+        config_hash="benchmark",
+        data=shards,
+        protocol=protocol,
+        mode=mode,
+        mask_rule="exact",
+        map_dtype=map_dtype,
+        batch_size=32,
+        cell_dir=out / f"noop-{repeat}",
+    )
+    started = time.perf_counter()
+    record = execute_cell(spec, report=lambda stage, images: None)
+    return time.perf_counter() - started, int(record["n_test"]), record["timings"]
+
+
+def main() -> None:
+    """Build a synthetic dataset, then time the decode floor and the no-op cell."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--normal", type=int, default=3, help="normal specimens (60 %% train)")
+    parser.add_argument("--ng", type=int, default=3, help="defective specimens")
+    parser.add_argument("--protocol", default="invariant")
+    parser.add_argument("--mode", default="exact")
+    parser.add_argument("--map-dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="m2ad-bench-") as workdir:
+        root = Path(workdir)
+        tree = generate(root / "tree", categories=["Cube"], normal_specimens=args.normal, ng_specimens=args.ng,
+                        resolution=args.resolution, progress=False)
+        shards = root / "shards"
+        shard_tree(tree, shards, progress=False)
+        protocol = protocols.get(args.protocol)
+        test_ids = protocol.test_samples(load_manifest(shards), "Cube")["sample_id"].to_list()
+
+        floors, loads, cells, stages = [], [], [], []
+        for repeat in range(args.repeats):
+            floors.append(decode_floor(shards, test_ids))
+            loads.append(load_only(shards, args.protocol))
+            seconds, count, timings = harness(shards, root / "cells", "Cube", args.protocol, args.mode, args.map_dtype, repeat)
+            cells.append(seconds)
+            stages.append(timings)
+        best = int(np.argmin(cells))
+        floor, load, cell = min(floors) / len(test_ids), min(loads) / count, cells[best] / count
+        print(
+            f"{count} test images at {args.resolution} px, protocol {args.protocol}, mode {args.mode}, "
+            f"maps {args.map_dtype}, best of {args.repeats}"
+        )
+        print(f"decode floor         : {1e3 * floor:7.2f} ms/image (images only, {min(8, os.cpu_count() or 1)} threads)")
+        print(f"m2ad.data load       : {1e3 * load:7.2f} ms/image (images + masks, iter_batches)")
+        print(f"runner cell          : {1e3 * cell:7.2f} ms/image (load, no-op predict, write, evaluate)")
+        print(f"  of which evaluate  : {1e3 * stages[best]['evaluate_s'] / count:7.2f} ms/image (metrics compute)")
+        print(f"ratio                : {cell / floor:7.2f}x the decode floor (target <= 1.20x)")
+
+
+if __name__ == "__main__":
+    main()

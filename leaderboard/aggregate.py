@@ -1,0 +1,187 @@
+"""Leaderboard aggregation with polars: the mean over categories (as the paper reports it) and
+ranks, one table per (protocol, dataset, resolution), plus the exports of ``show``.
+
+A summary frame has the entry columns (:data:`ENTRY_COLUMNS`), the grouping column of the
+view (``category``, ``view`` or ``illumination`` when ``by`` asks for it), ``categories`` (how
+many categories the mean covers), one column per metric (fractions), ``rank_<metric>`` (1 =
+best, ties share the best rank) and ``mean_rank``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+
+import polars as pl
+
+ENTRY_COLUMNS = ("protocol", "dataset", "resolution", "source", "entry_id", "method", "variant", "backbone", "mode", "mask_rule")
+TABLE_KEYS = ("protocol", "dataset", "resolution")
+BY_CHOICES = ("entry", "category", "view", "illumination")
+METRIC_ORDER = (
+    "object_auroc", "object_ap", "object_f1max",
+    "view_auroc", "view_ap", "view_f1max",
+    "view_pixel_auroc", "view_pixel_ap", "view_pixel_f1max", "view_aupro",
+    "image_auroc", "image_ap", "image_f1max",
+    "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro",
+)  # fmt: skip
+
+
+def order_metrics(names: list[str]) -> list[str]:
+    """Metric names in the paper's order (object, view, image, pixel), unknown ones last."""
+    known = [name for name in METRIC_ORDER if name in names]
+    return known + sorted(set(names) - set(known))
+
+
+def filter_rows(
+    frame: pl.DataFrame,
+    *,
+    protocol: str | None = None,
+    dataset: str | None = None,
+    resolution: str | None = None,
+    metrics: list[str] | None = None,
+    source: str | None = None,
+) -> pl.DataFrame:
+    """The store rows matching every given filter (``None`` keeps everything)."""
+    for column, wanted in (("protocol", protocol), ("dataset", dataset), ("resolution", resolution), ("source", source)):
+        if wanted is not None:
+            frame = frame.filter(pl.col(column) == wanted)
+    if metrics:
+        frame = frame.filter(pl.col("metric").is_in(metrics))
+    return frame
+
+
+def summarize(frame: pl.DataFrame, by: str = "entry") -> pl.DataFrame:
+    """Aggregate store rows into one row per entry (mean over categories) or per entry and
+    ``category`` / ``view`` / ``illumination``, with ranks per metric within each
+    (protocol, dataset, resolution[, group]) and the mean rank."""
+    if by not in BY_CHOICES:
+        raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
+    if by == "view":
+        rows = frame.filter(pl.col("view").is_not_null() & pl.col("illumination").is_null())
+    elif by == "illumination":
+        rows = frame.filter(pl.col("view").is_null() & pl.col("illumination").is_not_null())
+    else:
+        rows = frame.filter(pl.col("view").is_null() & pl.col("illumination").is_null())
+    group = [] if by == "entry" else [by]
+    keys = [*ENTRY_COLUMNS, *group]
+    if rows.is_empty():
+        return pl.DataFrame(schema={**{key: pl.String for key in keys}, "categories": pl.UInt32, "mean_rank": pl.Float64})
+    long = rows.group_by([*keys, "metric"]).agg(
+        pl.col("value").mean().alias("value"), pl.col("value").is_not_null().sum().alias("categories")
+    )
+    metrics = order_metrics(long["metric"].unique().to_list())
+    counts = long.group_by(keys).agg(pl.col("categories").max())
+    wide = long.pivot(on="metric", index=keys, values="value").join(counts, on=keys, how="left", nulls_equal=True)
+    for metric in metrics:
+        if metric not in wide.columns:
+            wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(metric))
+    scope = [*TABLE_KEYS, *group]
+    wide = wide.with_columns(
+        [pl.col(metric).rank("min", descending=True).over(scope).alias(f"rank_{metric}") for metric in metrics]
+    )
+    wide = wide.with_columns(pl.mean_horizontal([f"rank_{metric}" for metric in metrics]).alias("mean_rank"))
+    ordered = [*keys, "categories", *metrics, *(f"rank_{metric}" for metric in metrics), "mean_rank"]
+    return wide.select(ordered).sort([*scope, "mean_rank", "method"], nulls_last=True)
+
+
+def metric_columns(summary: pl.DataFrame) -> list[str]:
+    """The metric value columns of a summary frame, in display order."""
+    return [name for name in summary.columns if f"rank_{name}" in summary.columns]
+
+
+def split_tables(summary: pl.DataFrame) -> Iterator[tuple[dict[str, str], pl.DataFrame]]:
+    """One ``(key, frame)`` per (protocol, dataset, resolution), metrics without any value
+    in that table dropped."""
+    for key, part in summary.group_by(list(TABLE_KEYS), maintain_order=True):
+        metrics = [name for name in metric_columns(part) if part[name].null_count() < part.height]
+        dropped = [name for name in metric_columns(part) if name not in metrics]
+        part = part.drop([*dropped, *(f"rank_{name}" for name in dropped)])
+        yield dict(zip(TABLE_KEYS, (str(value) for value in key))), part
+
+
+def table_title(key: dict[str, str]) -> str:
+    """A human title for one table: ``synergy · m2ad · 256``."""
+    return f"{key['protocol']} · {key['dataset']} · {key['resolution']}"
+
+
+def format_value(value: float | None) -> str:
+    """A fraction as the paper prints it: percent with one decimal; missing values as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{100.0 * value:.1f}"
+
+
+def best_per_column(frame: pl.DataFrame) -> dict[str, float | None]:
+    """The best (largest) value of every metric column, to highlight it."""
+    return {name: frame[name].max() for name in metric_columns(frame)}  # type: ignore[misc]
+
+
+def display_columns(frame: pl.DataFrame) -> list[str]:
+    """Columns a human table shows, in order: who, how, the grouping column, metrics, rank."""
+    leading = ["method", "variant", "source", "mode"]
+    group = [name for name in ("category", "view", "illumination") if name in frame.columns]
+    return [*leading, *group, "categories", *metric_columns(frame), "mean_rank"]
+
+
+def display_cell(column: str, value: object, metrics: list[str]) -> str:
+    """One cell as text: metric values as percent, ranks with one decimal, others verbatim."""
+    if column in metrics:
+        return format_value(value)  # type: ignore[arg-type]
+    if column == "mean_rank":
+        return "—" if value is None else f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+_MARKDOWN_SPECIAL = str.maketrans({char: f"\\{char}" for char in "\\`*_[]<>|~&"})
+
+
+def escape_markdown(text: str) -> str:
+    """Make user text inert in a markdown table cell: backslash-escape markdown syntax, HTML
+    brackets and pipes, and turn newlines into spaces so the row cannot break."""
+    return " ".join(text.splitlines()).translate(_MARKDOWN_SPECIAL)
+
+
+def to_markdown(summary: pl.DataFrame, *, heading_level: int = 2) -> str:
+    """Markdown tables, one section per (protocol, dataset, resolution); best values in bold."""
+    sections = []
+    for key, part in split_tables(summary):
+        columns = display_columns(part)
+        metrics = metric_columns(part)
+        best = best_per_column(part)
+        lines = [
+            f"{'#' * heading_level} {escape_markdown(table_title(key))}",
+            "",
+            "| " + " | ".join(escape_markdown(name) for name in columns) + " |",
+            "|" + "|".join("---:" if name in metrics or name in ("categories", "mean_rank") else "---" for name in columns) + "|",
+        ]
+        for row in part.iter_rows(named=True):
+            cells = []
+            for name in columns:
+                text = escape_markdown(display_cell(name, row[name], metrics))
+                if name in metrics and row[name] is not None and row[name] == best[name]:
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append("| " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n" if sections else "No leaderboard rows match.\n"
+
+
+def to_csv(summary: pl.DataFrame) -> str:
+    """The summary as CSV (fractions, all columns)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(summary.columns)
+    writer.writerows(summary.iter_rows())
+    return buffer.getvalue()
+
+
+def to_json(summary: pl.DataFrame) -> str:
+    """The summary as a JSON list of records (fractions; NaN as null)."""
+    records = [
+        {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in row.items()}
+        for row in summary.iter_rows(named=True)
+    ]
+    return json.dumps(records, indent=2)

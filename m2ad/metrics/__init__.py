@@ -1,0 +1,27 @@
+"""Exact, streaming and compat anomaly-detection metrics: AUROC, AP, F1-max, AUPRO.
+
+* ``image_metrics(scores, labels)`` -> ``image_auroc``, ``image_ap``, ``image_f1max`` (exact);
+* ``pixel_metrics(maps, masks, *, pro_limit=0.3, mode="exact")`` -> ``pixel_auroc``,
+  ``pixel_ap``, ``pixel_f1max``, ``aupro``, all pixels of all maps pooled;
+* ``point_metrics(scores, labels)`` -> the same without AUPRO, over ragged point clouds;
+* ``PixelMetricAccumulator``: the mergeable accumulator behind them (``update``, ``merge``,
+  ``compute``, ``error_bounds``), for streaming and for Ray workers.
+
+Definitions, modes and error guarantees: ``docs/metrics.md``.  This package depends on numpy
+and scipy only.
+"""
+
+from m2ad.metrics.accumulator import MODES, PixelMetricAccumulator, UndefinedMetricWarning
+from m2ad.metrics.api import image_metrics, map_value_range, pixel_metrics, point_metrics
+from m2ad.metrics.streaming import DEFAULT_BINS
+
+__all__ = [
+    "DEFAULT_BINS",
+    "MODES",
+    "PixelMetricAccumulator",
+    "UndefinedMetricWarning",
+    "image_metrics",
+    "map_value_range",
+    "pixel_metrics",
+    "point_metrics",
+]

@@ -1,0 +1,175 @@
+"""Exact mode: every score kept, every threshold evaluated, without sorting the negatives.
+
+Only the positions of the (few) positive scores among the negatives matter: for each distinct
+positive score ``v`` the curve needs the number of negatives below ``v`` and equal to ``v``.
+Between two consecutive positive scores only negatives are added, which moves the curve
+horizontally: no metric changes shape there (see ``m2ad.metrics.curve``).  So the curve is
+described exactly by two points per distinct positive score: just before its tie block and just
+after it.
+
+Counting negatives below each positive score, without sorting them all:
+
+1. give every score an order-preserving bin code (``m2ad.metrics.binning``) on a fine grid;
+2. count the negatives per bin (``bincount``, one pass);
+3. sort only the negatives that share a bin with some positive score ("mixed" bins);
+4. below ``v`` = negatives in unmixed bins with a smaller code (a cumulative count) + sorted
+   mixed negatives below ``v`` (``searchsorted``).
+
+Because codes are monotone, a negative in an unmixed bin with a smaller code is below ``v`` and
+one with a larger code is above it, and every negative equal to ``v`` lies in ``v``'s (mixed)
+bin: the counts are exact whatever the grid.  The grid only decides how many negatives are
+sorted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from m2ad.metrics.binning import bin_codes, bin_scale
+from m2ad.metrics.curve import Curve
+
+MAX_REFINE_BITS = 22
+
+
+def _refine_bins(negatives: int) -> int:
+    """Grid size for the refinement: about 32 negatives per bin, between 16 and 2^22 bins."""
+    return 1 << min(MAX_REFINE_BITS, max(4, (negatives // 32).bit_length()))
+
+
+def count_negatives(
+    negatives: list[np.ndarray], values: np.ndarray, low: float, high: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """For sorted distinct ``values``: how many negatives are ``< v`` and ``== v``, for each ``v``.
+
+    ``negatives`` are 1-D chunks of ``values``' dtype; ``low`` and ``high`` bound every score.
+    """
+    total = sum(chunk.size for chunk in negatives)
+    if total == 0 or values.size == 0:
+        return np.zeros(values.size, dtype=np.int64), np.zeros(values.size, dtype=np.int64)
+    bins = _refine_bins(total)
+    dtype = values.dtype
+    low_value, scale = dtype.type(low), bin_scale(low, high, bins, dtype)
+    value_codes = bin_codes(values, low_value, scale, bins)
+    mixed = np.zeros(bins, dtype=bool)
+    mixed[value_codes] = True
+    per_bin = np.zeros(bins, dtype=np.int64)
+    in_mixed_bins = []
+    groups = _groups(negatives, 2 * bins)
+    buffer = np.empty(max(sum(chunk.size for chunk in group) for group in groups), dtype=np.intp)
+    for group in groups:
+        held = 0
+        for chunk in group:
+            codes = bin_codes(chunk, low_value, scale, bins, out=buffer[held : held + chunk.size])
+            in_mixed_bins.append(chunk[mixed[codes]])
+            held += chunk.size
+        counted = np.bincount(buffer[:held])
+        per_bin[: counted.size] += counted
+    mixed_sorted = np.concatenate(in_mixed_bins)
+    mixed_sorted.sort()
+    unmixed_below = np.concatenate([[0], np.cumsum(np.where(mixed, 0, per_bin))])
+    first = np.searchsorted(mixed_sorted, values, side="left")
+    after = np.searchsorted(mixed_sorted, values, side="right")
+    return unmixed_below[value_codes] + first, (after - first).astype(np.int64)
+
+
+def _groups(chunks: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
+    """Consecutive chunks gathered until each group holds at least ``size`` values.
+
+    One ``bincount`` per group rather than per chunk: its output is as long as the grid, so
+    small chunks would spend their time zeroing and adding mostly empty counts.
+    """
+    groups: list[list[np.ndarray]] = [[]]
+    held = 0
+    for chunk in chunks:
+        if held >= size:
+            groups.append([])
+            held = 0
+        groups[-1].append(chunk)
+        held += chunk.size
+    return groups
+
+
+def exact_curve(
+    negatives: list[np.ndarray],
+    positives: np.ndarray,
+    weights: np.ndarray,
+    regions: int,
+    low: float,
+    high: float,
+) -> Curve:
+    """The full threshold curve of the pooled scores (see the module docstring).
+
+    ``negatives``: 1-D chunks of negative scores; ``positives``: the positive scores with their
+    PRO ``weights`` (1/|region|); all in one floating dtype, bounded by ``low`` and ``high``.
+    """
+    n_negatives = sum(chunk.size for chunk in negatives)
+    if positives.size == 0:
+        zero = np.zeros(1, dtype=np.int64)
+        return Curve(np.array([n_negatives]), zero, np.zeros(1), n_negatives, 0, regions)
+    order = np.argsort(positives, kind="stable")
+    ordered = positives[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    values = ordered[starts]
+    counts = np.diff(np.concatenate([starts, [ordered.size]]))
+    weight_sums = np.add.reduceat(weights[order], starts)
+    below, equal = count_negatives(negatives, values, low, high)
+    # Thresholds in decreasing order: the highest positive score first.
+    fp_after = (n_negatives - below)[::-1]
+    fp_before = fp_after - equal[::-1]
+    tp_after = np.cumsum(counts[::-1])
+    weight_after = np.cumsum(weight_sums[::-1])
+    tp_before = np.concatenate([[0], tp_after[:-1]])
+    weight_before = np.concatenate([[0.0], weight_after[:-1]])
+
+    def interleave(before: np.ndarray, after: np.ndarray, last: float) -> np.ndarray:
+        return np.concatenate([np.stack([before, after], axis=1).ravel(), [last]])
+
+    return Curve(
+        false_positives=interleave(fp_before, fp_after, n_negatives).astype(np.int64),
+        true_positives=interleave(tp_before, tp_after, positives.size).astype(np.int64),
+        region_weight=interleave(weight_before, weight_after, weight_after[-1]),
+        negatives=n_negatives,
+        positives=int(positives.size),
+        regions=regions,
+    )
+
+
+class ExactState:
+    """Every score, split into negatives and positives (with PRO weights): O(pixels) memory."""
+
+    def __init__(self) -> None:
+        self.negatives: list[np.ndarray] = []
+        self.positives: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+        self.regions = 0
+
+    def add(self, values: np.ndarray, defect: np.ndarray, weights: np.ndarray, regions: int) -> None:
+        """Add one sample: flat finite ``values``, flat boolean ``defect``, positive pixels' weights."""
+        if values.size == 0:
+            return
+        if regions or defect.any():
+            self.negatives.append(values[~defect])
+            self.positives.append(values[defect])
+            self.weights.append(weights)
+        else:
+            self.negatives.append(values.copy())
+        self.regions += regions
+
+    def merge(self, other: ExactState) -> None:
+        """Pool ``other``'s scores into this state."""
+        self.negatives += other.negatives
+        self.positives += other.positives
+        self.weights += other.weights
+        self.regions += other.regions
+
+    def curve(self) -> Curve:
+        """The exact threshold curve of everything added so far."""
+        if not self.negatives:
+            return Curve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1), 0, 0, 0)
+        dtype = np.result_type(*(chunk.dtype for chunk in self.negatives + self.positives))
+        negatives = [chunk.astype(dtype, copy=False) for chunk in self.negatives]
+        positives = np.concatenate([chunk.astype(dtype, copy=False) for chunk in self.positives] or [np.zeros(0, dtype)])
+        weights = np.concatenate(self.weights or [np.zeros(0)])
+        chunks = [chunk for chunk in [*negatives, positives] if chunk.size] or [np.zeros(1, dtype)]
+        low, high = min(float(c.min()) for c in chunks), max(float(c.max()) for c in chunks)
+        return exact_curve(negatives, positives, weights, self.regions, low, high)

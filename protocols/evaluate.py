@@ -1,0 +1,192 @@
+"""Score a predictions file against a sharded dataset under a protocol.
+
+``evaluate(protocol, data, predictions)`` validates the file against the protocol's test samples,
+streams it category by category (reading GT masks from the shards only for the rows at hand),
+and returns a JSON-able result::
+
+    {"protocol": P, "mode": M, "mask_rule": R, "pro_limit": L, "dataset": ..., "resolution": ...,
+     "categories": {CAT: {METRIC: value}}, "mean": {METRIC: value},
+     "breakdown": {CAT: {"view": {...}, "illumination": {...}, "view_illumination": {V: {I: ...}}}},
+     "counts": {CAT: {"images": n, ..., "ignored_images": n}},
+     "predictions_sha256": ..., "map_dtype": ..., "m2ad_version": ...}
+
+Values are fractions in [0, 1]; undefined values (a single class in a set, no maps given, a
+breakdown cell with only normal images) are ``None`` (``null`` in JSON), never NaN.  ``mean`` is
+the plain mean over the evaluated categories, ``None`` if any category's value is undefined.
+
+Which predictions are accepted: exactly one row per test sample of the evaluated categories
+(missing ones are an error); rows for test images the protocol leaves out (``detectable ==
+False`` under ``invariant``) and for test images of categories not evaluated are accepted and
+ignored; any other id (training images, ids not in the dataset) is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import m2ad
+import protocols
+from m2ad import data as m2ad_data
+from m2ad.predictions import PredictionsFile, validate
+from m2ad.schema import DatasetInfo
+from protocols.base import EVAL_MODES, MASK_RULES
+
+BATCH_SIZE = 64
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """The value with NaN and inf floats replaced by None, recursively (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _mean_over_categories(per_category: dict[str, dict[str, float]], metric_names: Sequence[str]) -> dict[str, float]:
+    return {name: float(np.mean([values[name] for values in per_category.values()])) for name in metric_names}
+
+
+def _choose_categories(info: DatasetInfo, manifest: pl.DataFrame, categories: Sequence[str] | None) -> list[str]:
+    present = set(manifest.filter(pl.col("split") == "test")["category"].unique().to_list())
+    ordered = [name for name in info.categories if name in present] + sorted(present - set(info.categories))
+    if categories is None:
+        return ordered
+    unknown = [name for name in categories if name not in present]
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; the dataset has: {', '.join(ordered)}")
+    return list(dict.fromkeys(categories))
+
+
+def _map_ranges(handle: PredictionsFile, category_of: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """(min, max) of the maps of each category, in one pass over the file."""
+    low: dict[str, float] = defaultdict(lambda: math.inf)
+    high: dict[str, float] = defaultdict(lambda: -math.inf)
+    for batch in handle.iter_batches(batch_size=BATCH_SIZE):
+        assert batch.maps is not None
+        for sample_id, anomaly_map in zip(batch.sample_ids, batch.maps):
+            name = category_of.get(sample_id)
+            if name is not None:
+                low[name] = min(low[name], float(anomaly_map.min()))
+                high[name] = max(high[name], float(anomaly_map.max()))
+    return {name: (low[name], high[name]) for name in low}
+
+
+def _value_range(protocol: protocols.Protocol, mode: str, image_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The ``value_range`` to give a category's evaluator (see ``protocols.base``): the range of
+    its image maps, except for compat on fused maps, whose own exact range only the evaluator
+    can take (it then keeps the fused maps until ``compute``)."""
+    if mode == "exact" or image_range is None or (mode == "compat" and protocol.fuses_maps):
+        return None
+    low, high = image_range
+    return (low, low + 1.0) if mode == "streaming" and low == high else (low, high)
+
+
+def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: str = "exact", mask_rule: str = "exact",
+             categories: Sequence[str] | None = None, pro_limit: float = 0.3, progress: bool = True) -> dict[str, Any]:
+    """Score the predictions file ``predictions`` on the sharded dataset ``data`` under ``protocol``.
+
+    Raises ``ValueError`` for an unknown protocol, mode, mask rule or category,
+    ``FileNotFoundError`` for missing inputs and ``m2ad.predictions.PredictionsError`` (listing the
+    first offenders of each kind) for a predictions file that does not fit the test set.
+    """
+    chosen = protocols.get(protocol)
+    if mode not in EVAL_MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
+    if mask_rule not in MASK_RULES:
+        raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {', '.join(MASK_RULES)}")
+    if not 0 < pro_limit <= 1:
+        raise ValueError(f"pro_limit must be in (0, 1], got {pro_limit}")
+    root = Path(data)
+    info = DatasetInfo.read(root)
+    if mask_rule not in info.mask_rules:
+        raise ValueError(f"the dataset {root} has no {mask_rule!r} masks (it has {', '.join(info.mask_rules)})")
+    manifest = m2ad_data.load_manifest(root)
+    names = _choose_categories(info, manifest, categories)
+
+    tests = {name: chosen.test_samples(manifest, name) for name in names}
+    expected = {row["sample_id"]: (row["height"], row["width"])
+                for frame in tests.values() for row in frame.select("sample_id", "height", "width").iter_rows(named=True)}
+    all_test = manifest.filter(pl.col("split") == "test")["sample_id"].to_list()
+    optional = [sample_id for sample_id in all_test if sample_id not in expected]
+    category_of = {sample_id: name for name, frame in tests.items() for sample_id in frame["sample_id"]}
+
+    per_category: dict[str, dict[str, float]] = {}
+    breakdown: dict[str, Any] = {}
+    counts: dict[str, dict[str, int]] = {}
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=True) as bar, m2ad_data.ShardReader(root) as reader:
+        step = bar.add_task("validating the predictions", total=None)
+        predictions_info = validate(predictions, expected, optional=optional)
+        needs_masks = predictions_info.has_maps or mask_rule == "official"
+        handle = PredictionsFile(predictions)
+        groups_of: dict[str, list[int]] = defaultdict(list)
+        for group in range(handle.num_row_groups):
+            batch = handle.read_row_group(group, with_maps=False)
+            for name in sorted({category_of[sample_id] for sample_id in batch.sample_ids if sample_id in category_of}):
+                groups_of[name].append(group)
+        ranges: dict[str, tuple[float, float]] = {}
+        if predictions_info.has_maps and mode != "exact":
+            bar.update(step, description="reading the value range of the maps")
+            ranges = _map_ranges(handle, category_of)
+        bar.remove_task(step)
+        task = bar.add_task(f"evaluating {protocol}", total=len(expected))
+        for name in names:
+            bar.update(task, description=f"evaluating {protocol}: {name}")
+            test = tests[name]
+            row_of = {sample_id: row for row, sample_id in enumerate(test["sample_id"])}
+            evaluator = chosen.new_evaluator(test, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit,
+                                             value_range=_value_range(chosen, mode, ranges.get(name)))
+            for batch in handle.iter_batches(batch_size=BATCH_SIZE, with_maps=predictions_info.has_maps,
+                                             row_groups=groups_of[name]):
+                keep = [index for index, sample_id in enumerate(batch.sample_ids) if sample_id in row_of]
+                if not keep:
+                    continue
+                ids = [batch.sample_ids[index] for index in keep]
+                maps = None if batch.maps is None else [batch.maps[index] for index in keep]
+                rows = np.array([row_of[sample_id] for sample_id in ids], dtype=np.int64)
+                masks = reader.masks(test[rows], mask_rule) if needs_masks else None
+                evaluator.update(ids, batch.scores[keep], maps, masks)
+                bar.advance(task, len(ids))
+            per_category[name] = evaluator.compute()
+            counts[name] = {**evaluator.counts(), "ignored_images": chosen.ignored_samples(manifest, name).height}
+            category_breakdown = evaluator.breakdown()
+            if category_breakdown is not None:
+                breakdown[name] = category_breakdown
+
+    return _jsonable({
+        "protocol": chosen.name,
+        "mode": mode,
+        "mask_rule": mask_rule,
+        "pro_limit": pro_limit,
+        "dataset": info.dataset,
+        "resolution": info.resolution,
+        "categories": per_category,
+        "mean": _mean_over_categories(per_category, chosen.metric_names),
+        "breakdown": breakdown or None,
+        "counts": counts,
+        "predictions_sha256": _sha256(Path(predictions)),
+        "map_dtype": predictions_info.map_dtype,
+        "m2ad_version": m2ad.__version__,
+    })

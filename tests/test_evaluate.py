@@ -1,0 +1,235 @@
+"""`protocols.evaluate` and `m2ad evaluate` end to end on a small synthetic M2AD.
+
+The dataset is generated with ``m2ad.synth`` and sharded with ``m2ad.shard`` (at half the source
+resolution, so the official mask rule erodes some defects).  Expected counts come from the raw
+``meta_unsupervised.json``; expected metrics from scikit-learn on masks read straight from the
+Arrow shards with ``datasets``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import datasets
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+from typer.testing import CliRunner
+
+from m2ad.cli import app
+from m2ad.metrics import pixel_metrics
+from m2ad.predictions import PredictionsError, write
+from m2ad.schema import MANIFEST_FILE
+from m2ad.shard import shard_tree
+from m2ad.synth import generate
+from protocols.evaluate import evaluate
+
+CATEGORIES = ["Cube", "Ring"]
+SOURCE_SIZE, SIZE = 32, 16
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("evaluate")
+    tree = generate(base / "tree", categories=CATEGORIES, normal_specimens=3, ng_specimens=3, resolution=SOURCE_SIZE,
+                    seed=1, workers=1, progress=False)
+    root = base / "shards"
+    shard_tree(tree, root, resolution=SIZE, progress=False, workers=1)
+    meta = json.loads((Path(tree) / "jsons" / "meta_unsupervised.json").read_text())
+    manifest = pl.read_parquet(root / MANIFEST_FILE)
+    dataset_name = manifest["dataset"][0]
+    records = {f"{dataset_name}/{record['img_path']}": {**record, "split": split}
+               for split, per_class in meta.items() for items in per_class.values() for record in items}
+    masks: dict[str, dict[str, np.ndarray]] = {"exact": {}, "official": {}}
+    for shard_dir in sorted(set(manifest.filter(pl.col("split") == "test")["shard_dir"])):
+        shard = datasets.load_from_disk(str(root / shard_dir))
+        for row in shard.select_columns(["sample_id", "mask", "mask_official"]):
+            for rule, column in (("exact", "mask"), ("official", "mask_official")):
+                image = row[column]
+                masks[rule][row["sample_id"]] = np.zeros((SIZE, SIZE), bool) if image is None else np.asarray(image) > 0
+    return {"root": root, "records": records, "masks": masks, "base": base}
+
+
+def test_records_match_the_manifest(dataset: dict) -> None:
+    manifest = pl.read_parquet(dataset["root"] / MANIFEST_FILE)
+    assert set(manifest["sample_id"]) == set(dataset["records"])
+
+
+def perfect_predictions(dataset: dict, path: Path, rule: str = "exact", keep=lambda record: True) -> Path:
+    """Scores: image label + 0.5 x object label; maps: the GT masks themselves."""
+    ids = [sample_id for sample_id, record in dataset["records"].items() if record["split"] == "test" and keep(record)]
+    records = dataset["records"]
+    scores = [records[i]["image_anomaly"] + 0.5 * records[i]["object_anomaly"] for i in ids]
+    maps = [dataset["masks"][rule][i].astype(np.float32) for i in ids]
+    return write(path, ids, scores, maps)
+
+
+def random_predictions(dataset: dict, path: Path, seed: int = 0) -> tuple[Path, dict[str, float], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    ids = [sample_id for sample_id, record in dataset["records"].items() if record["split"] == "test"]
+    rng.shuffle(ids)  # any order works
+    scores = {i: float(rng.random()) for i in ids}
+    maps = {i: rng.random((SIZE, SIZE)).astype(np.float16).astype(np.float32) for i in ids}
+    write(path, ids, [scores[i] for i in ids], [maps[i] for i in ids])
+    return path, scores, maps
+
+
+@pytest.mark.parametrize("protocol", ["invariant", "synergy", "standard"])
+def test_perfect_detector_scores_one(dataset: dict, protocol: str, tmp_path: Path) -> None:
+    path = perfect_predictions(dataset, tmp_path / "perfect.parquet")
+    result = evaluate(protocol, dataset["root"], path, progress=False)
+    assert list(result["categories"]) == CATEGORIES
+    for category in CATEGORIES:
+        assert result["categories"][category] == pytest.approx({name: 1.0 for name in result["mean"]}, abs=1e-9)
+    assert result["mean"] == pytest.approx(dict.fromkeys(result["mean"], 1.0), abs=1e-9)
+    json.dumps(result, allow_nan=False)
+
+
+def test_counts_follow_the_meta_json(dataset: dict, tmp_path: Path) -> None:
+    path = perfect_predictions(dataset, tmp_path / "p.parquet")
+    invariant = evaluate("invariant", dataset["root"], path, progress=False)
+    synergy = evaluate("synergy", dataset["root"], path, progress=False)
+    for category in CATEGORIES:
+        test = [r for r in dataset["records"].values() if r["split"] == "test" and r["cls_name"] == category]
+        kept = [r for r in test if r["detectable"] is not False]
+        assert invariant["counts"][category] == {
+            "images": len(kept), "normal_images": sum(r["image_anomaly"] == 0 for r in kept),
+            "anomalous_images": sum(r["image_anomaly"] == 1 for r in kept),
+            "ignored_images": sum(r["detectable"] is False for r in test)}
+        views: dict[tuple, int] = defaultdict(int)
+        objects = {}
+        for r in test:
+            views[r["object_name"], r["view"]] = max(views[r["object_name"], r["view"]], r["image_anomaly"])
+            objects[r["object_name"]] = r["object_anomaly"]
+        assert synergy["counts"][category] == {
+            "images": len(test), "views": len(views), "normal_views": sum(v == 0 for v in views.values()),
+            "anomalous_views": sum(v == 1 for v in views.values()), "objects": len(objects),
+            "normal_objects": sum(v == 0 for v in objects.values()), "anomalous_objects": sum(v == 1 for v in objects.values()),
+            "ignored_images": 0}
+        assert len(views) == 12 * len(objects)
+
+
+def test_random_predictions_match_sklearn(dataset: dict, tmp_path: Path) -> None:
+    path, scores, maps = random_predictions(dataset, tmp_path / "random.parquet")
+    result = evaluate("invariant", dataset["root"], path, progress=False)
+    records, masks = dataset["records"], dataset["masks"]["exact"]
+    for category in CATEGORIES:
+        ids = [i for i, r in records.items() if r["split"] == "test" and r["cls_name"] == category and r["detectable"] is not False]
+        labels = [records[i]["image_anomaly"] for i in ids]
+        values = result["categories"][category]
+        assert values["image_auroc"] == pytest.approx(roc_auc_score(labels, [scores[i] for i in ids]), abs=1e-12)
+        assert values["image_ap"] == pytest.approx(average_precision_score(labels, [scores[i] for i in ids]), abs=1e-12)
+        pixel_labels = np.concatenate([masks[i].ravel() for i in ids])
+        pixel_scores = np.concatenate([maps[i].ravel() for i in ids])
+        assert values["pixel_auroc"] == pytest.approx(roc_auc_score(pixel_labels, pixel_scores), abs=1e-9)
+        assert 0.3 < values["image_auroc"] < 0.7
+    for name, value in result["mean"].items():
+        assert value == pytest.approx(np.mean([result["categories"][c][name] for c in CATEGORIES]), abs=1e-15)
+    views = result["breakdown"][CATEGORIES[0]]["view"]
+    assert len(views) == 12 and len(result["breakdown"][CATEGORIES[0]]["view_illumination"]["000"]) == 10
+    assert all(value is None or 0 <= value <= 1 for value in views.values())
+
+
+@pytest.mark.filterwarnings("ignore")  # a category whose defects all vanish has a single class: NaN, with a warning
+def test_official_mask_rule_relabels_eroded_defects(dataset: dict, tmp_path: Path) -> None:
+    path, _, _ = random_predictions(dataset, tmp_path / "random.parquet", seed=3)
+    exact = evaluate("invariant", dataset["root"], path, mask_rule="exact", progress=False)
+    official = evaluate("invariant", dataset["root"], path, mask_rule="official", progress=False)
+    eroded_total = 0
+    for category in CATEGORIES:
+        ids = [i for i, r in dataset["records"].items()
+               if r["split"] == "test" and r["cls_name"] == category and r["detectable"] is not False]
+        assert official["counts"][category]["anomalous_images"] == sum(dataset["masks"]["official"][i].any() for i in ids)
+        assert exact["counts"][category]["anomalous_images"] == sum(dataset["records"][i]["image_anomaly"] for i in ids)
+        eroded_total += exact["counts"][category]["anomalous_images"] - official["counts"][category]["anomalous_images"]
+    assert eroded_total > 0  # the 2x downscale made some tiny defects vanish under the official rule
+
+
+def test_which_predictions_are_accepted(dataset: dict, tmp_path: Path) -> None:
+    records = dataset["records"]
+    # detectable == False images may be omitted under invariant (and are ignored when present)
+    path = perfect_predictions(dataset, tmp_path / "a.parquet", keep=lambda r: r["detectable"] is not False)
+    assert evaluate("invariant", dataset["root"], path, progress=False)["mean"]["image_auroc"] == 1.0
+    with pytest.raises(PredictionsError, match="missing ids"):
+        evaluate("synergy", dataset["root"], path, progress=False)
+    # other categories' rows are ignored when evaluating a subset
+    full = perfect_predictions(dataset, tmp_path / "b.parquet")
+    subset = evaluate("synergy", dataset["root"], full, categories=["Ring"], progress=False)
+    assert list(subset["categories"]) == ["Ring"]
+    # training images are unknown ids
+    train_id = next(i for i, r in records.items() if r["split"] == "train")
+    test_ids = [i for i, r in records.items() if r["split"] == "test"]
+    write(tmp_path / "c.parquet", [*test_ids, train_id], [0.0] * (len(test_ids) + 1))
+    with pytest.raises(PredictionsError) as caught:
+        evaluate("standard", dataset["root"], tmp_path / "c.parquet", progress=False)
+    assert caught.value.problems == {"unknown ids": [train_id]}
+    # scores only: image metrics, pixel metrics null
+    write(tmp_path / "d.parquet", test_ids, [records[i]["image_anomaly"] for i in test_ids])
+    result = evaluate("standard", dataset["root"], tmp_path / "d.parquet", progress=False)
+    assert result["mean"]["image_auroc"] == 1.0 and result["mean"]["aupro"] is None
+    with pytest.raises(ValueError, match="unknown categories"):
+        evaluate("standard", dataset["root"], full, categories=["Teapot"], progress=False)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        evaluate("nope", dataset["root"], full, progress=False)
+    with pytest.raises(FileNotFoundError):
+        evaluate("standard", dataset["base"] / "nothing", full, progress=False)
+
+
+def test_cli_writes_json_and_fails_cleanly(dataset: dict, tmp_path: Path) -> None:
+    path, _, _ = random_predictions(dataset, tmp_path / "random.parquet")
+    out = tmp_path / "out" / "metrics.json"
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "--protocol", "synergy", "--data", str(dataset["root"]),
+                                 "--predictions", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "object_auroc" in result.output and "mean" in result.output
+    written = json.loads(out.read_text())
+    assert written["protocol"] == "synergy" and written["mode"] == "exact"
+    assert set(written["mean"]) == {"object_auroc", "object_ap", "object_f1max", "view_auroc", "view_ap", "view_f1max",
+                                    "view_pixel_auroc", "view_pixel_ap", "view_pixel_f1max", "view_aupro"}
+    assert set(written["categories"]) == set(CATEGORIES)
+    for arguments, message in [
+        (["--protocol", "nope"], "unknown protocol"),
+        (["--protocol", "invariant", "--mode", "fast"], "unknown evaluation mode"),
+        (["--protocol", "invariant", "--mask-rule", "eroded"], "unknown mask rule"),
+        (["--protocol", "invariant", "--categories", "Teapot"], "unknown categories"),
+    ]:
+        failed = runner.invoke(app, ["evaluate", "--data", str(dataset["root"]), "--predictions", str(path), *arguments])
+        assert failed.exit_code == 1 and message in failed.output, failed.output
+        assert "Traceback" not in failed.output
+    bad = write(tmp_path / "bad.parquet", ["m2ad-synth/none.png"], [0.0])
+    failed = runner.invoke(app, ["evaluate", "--protocol", "invariant", "--data", str(dataset["root"]), "--predictions", str(bad)])
+    assert failed.exit_code == 1 and "unknown ids [1]" in failed.output and "missing ids" in failed.output
+    missing = runner.invoke(app, ["evaluate", "--protocol", "invariant", "--data", str(dataset["root"]),
+                                  "--predictions", str(tmp_path / "absent.parquet")])
+    assert missing.exit_code == 1 and "not found" in missing.output
+
+
+@pytest.mark.parametrize(("protocol", "mode"), [("invariant", "streaming"), ("invariant", "compat"),
+                                                ("synergy", "streaming"), ("synergy", "compat")])
+def test_binned_modes_end_to_end(dataset: dict, protocol: str, mode: str, tmp_path: Path) -> None:
+    """The value range given to streaming / compat: the category's image-map range, or for
+    compat on fused maps the fused maps' own range; checked against ``m2ad.metrics``."""
+    path, _, maps = random_predictions(dataset, tmp_path / "random.parquet", seed=5)
+    result = evaluate(protocol, dataset["root"], path, mode=mode, categories=["Ring"], progress=False)
+    records, masks = dataset["records"], dataset["masks"]["exact"]
+    ids = sorted(i for i, r in records.items() if r["split"] == "test" and r["cls_name"] == "Ring"
+                 and (protocol == "synergy" or r["detectable"] is not False))
+    image_range = (min(float(maps[i].min()) for i in ids), max(float(maps[i].max()) for i in ids))
+    if protocol == "synergy":
+        groups: dict[tuple, list[str]] = defaultdict(list)
+        for i in ids:
+            groups[records[i]["object_name"], records[i]["view"]].append(i)
+        evaluated = [np.mean(np.stack([maps[i] for i in group]).astype(np.float64), axis=0).astype(np.float32)
+                     for group in groups.values()]
+        evaluated_masks = [np.any(np.stack([masks[i] for i in group]), axis=0) for group in groups.values()]
+        expected = pixel_metrics(evaluated, evaluated_masks, mode=mode, value_range=image_range if mode == "streaming" else None)
+        actual = [result["categories"]["Ring"][key] for key in ("view_pixel_auroc", "view_pixel_ap", "view_pixel_f1max", "view_aupro")]
+    else:
+        expected = pixel_metrics([maps[i] for i in ids], [masks[i] for i in ids], mode=mode, value_range=image_range)
+        actual = [result["categories"]["Ring"][key] for key in ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")]
+    assert actual == pytest.approx(list(expected.values()), abs=1e-12)
+    assert result["mode"] == mode
