@@ -55,12 +55,14 @@ class PatchCoreConfig:
     backbone: str = "auto"
     """``auto`` (WRN-50-2 when its weights are cached, else EfficientNet-Lite0; resolved when the
     config is built, so the config records the backbone used), ``wide_resnet50_2`` or ``efficientnet_lite0``."""
-    image_size: int = 256
-    """Images are resized to this square size before the backbone (maps come back at the input size)."""
+    image_size: int = 0
+    """Images are resized to this square size before the backbone; 0 keeps the input (shard)
+    resolution.  Maps always come back at the input size."""
     embed_dim: int = 1024
     """Patch features wider than this are average-pooled along the channels down to it."""
-    coreset_ratio: float = 0.1
-    """Fraction of the training patches kept in the memory bank; 1 keeps them all."""
+    coreset_ratio: float = 0.01
+    """Fraction of the training patches kept in the memory bank (the paper's "PatchCore-1%";
+    0.1 is its "PatchCore-10%", ten times slower to fit); 1 keeps them all."""
     projection_dim: int = 128
     """Dimension of the random projection used by the coreset selection; 0 selects on the full features."""
     max_pool_patches: int = 262_144
@@ -84,8 +86,8 @@ class PatchCoreConfig:
         if self.backbone not in ("auto", *BACKBONES):
             raise ValueError(f"backbone must be 'auto' or one of {BACKBONES}, got {self.backbone!r}")
         self.backbone = choose_backbone(self.backbone)
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be at least 32, got {self.image_size}")
+        if self.image_size != 0 and self.image_size < 32:
+            raise ValueError(f"image_size must be 0 (the input size) or at least 32, got {self.image_size}")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         for name in ("embed_dim", "max_pool_patches", "num_neighbors", "batch_size", "query_chunk", "bank_chunk"):
@@ -226,10 +228,15 @@ class PatchCore:
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features (B, h, w, D) of uint8 images, in backbone batches of ``batch_size``."""
         parts = []
+        size = self._backbone_size(images)
         for start in range(0, images.shape[0], self.config.batch_size):
-            chunk = _resize(images[start : start + self.config.batch_size], self.config.image_size)
+            chunk = _resize(images[start : start + self.config.batch_size], size)
             parts.append(self.extractor(chunk).permute(0, 2, 3, 1))
         return torch.cat(parts)
+
+    def _backbone_size(self, images: torch.Tensor) -> int:
+        """The square size images are resized to before the backbone."""
+        return self.config.image_size or max(images.shape[-2:])
 
     def _bank_size(self, seen: int) -> int:
         """Coreset size after ``seen`` training patches, capped at half the pool."""
@@ -273,7 +280,7 @@ class PatchCore:
         distances, indices = nearest_neighbors(flat, self.memory_bank, self.config.query_chunk, self.config.bank_chunk)
         patch_scores = distances.reshape(count, grid_h * grid_w)
         scores = self._image_scores(flat.reshape(count, grid_h * grid_w, dim), patch_scores, indices.reshape(count, -1))
-        maps = F.interpolate(patch_scores.reshape(count, 1, grid_h, grid_w), size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False)
+        maps = F.interpolate(patch_scores.reshape(count, 1, grid_h, grid_w), size=(self._backbone_size(batch.images),) * 2, mode="bilinear", align_corners=False)
         maps_np = maps[:, 0].numpy()
         if self.config.blur_sigma > 0:
             maps_np = np.stack([ndimage.gaussian_filter(item, sigma=self.config.blur_sigma) for item in maps_np])

@@ -21,17 +21,16 @@ DINOv2 files, so those are unverified (``sha256=None``) and ``m2ad weights list`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from m2ad.download import DownloadError, fetch_url, preflight, sha256_file
 
 _CHUNK = 1 << 20
 
@@ -179,15 +178,6 @@ def resolve(name: str) -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_digest(name: str, digest: str, source: str) -> None:
     """Raise ``ChecksumError`` if ``digest`` (hex sha256 of ``source``) contradicts the registry."""
     item = entry(name)
@@ -216,8 +206,9 @@ def fetch(name: str, url: str | None = None, timeout: float = 15.0, progress: bo
     """Download the weights ``name`` (from ``url`` if given, e.g. a mirror) into the cache,
     verifying the checksum; return the cached path.  Already cached files are returned as is.
 
-    The download goes to a temporary file in the cache folder and is renamed only once
-    verified, so an interrupted fetch leaves nothing under the final name.
+    The transfer is ``m2ad.download``'s: it fails within ``timeout`` seconds when the host is
+    unreachable, resumes an interrupted download, and renames the file into the cache only
+    once verified, so nothing incomplete ever sits under the final name.
     """
     item = entry(name)
     existing = cached_path(name)
@@ -228,28 +219,18 @@ def fetch(name: str, url: str | None = None, timeout: float = 15.0, progress: bo
     source = url or item.url
     if not source:
         raise WeightsError(f"weights {name!r} have no download URL; import a file with `m2ad weights import {name} PATH`")
-    folder = weights_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{item.filename}.", suffix=".part")
-    temp_path = Path(temp_name)
+    staging = weights_dir() / f".{item.filename}.download"
+    columns = (TextColumn(f"fetch {name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     try:
-        digest = hashlib.sha256()
-        try:
-            response = urllib.request.urlopen(source, timeout=timeout)  # noqa: S310 (https or a user-given mirror)
-        except (urllib.error.URLError, OSError) as error:
-            raise WeightsUnavailable(f"cannot download {source} ({getattr(error, 'reason', error)}). {unavailable_message(name)}") from None
-        with response, os.fdopen(handle, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            columns = (TextColumn(f"fetch {name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-            with Progress(*columns, disable=not progress, transient=True) as bar:
-                task = bar.add_task("download", total=total)
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.advance(task, len(chunk))
-        return _install(name, temp_path, digest.hexdigest(), source)
+        preflight(source, timeout=timeout)
+        with Progress(*columns, disable=not progress, transient=True) as bar:
+            digest, _, _ = fetch_url(source, staging, progress=bar, label="download")
+    except DownloadError as error:
+        raise WeightsUnavailable(f"{error}. {unavailable_message(name)}") from None
+    try:
+        return _install(name, staging, digest, source)
     finally:
-        temp_path.unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
 
 
 def import_file(name: str, path: str | Path) -> Path:

@@ -138,7 +138,12 @@ class ShardReader:
         result: list[bytes | None] = [None] * frame.height
         located = frame.select("shard_dir", "shard_row").with_row_index("position")
         for (shard_dir,), group in located.group_by("shard_dir", maintain_order=True):
-            taken = self._table(shard_dir).column(column).take(pa.array(group["shard_row"].to_numpy()))
+            rows = group["shard_row"].to_numpy()
+            stored = self._table(shard_dir).column(column)
+            if rows.size and (np.diff(rows) == 1).all():  # consecutive rows (the usual case): a zero-copy slice
+                taken = stored.slice(int(rows[0]), rows.size)
+            else:
+                taken = stored.take(pa.array(rows))
             values = pc.struct_field(taken, "bytes").to_pylist()
             for position, value in zip(group["position"].to_list(), values):
                 result[position] = value
@@ -147,7 +152,7 @@ class ShardReader:
     def images(self, frame: pl.DataFrame) -> torch.Tensor:
         """The images of ``frame`` as one uint8 tensor (B, 3, H, W), in frame order."""
         height, width = _uniform_size(frame) if frame.height else (0, 0)
-        pixels = np.empty((frame.height, height, width, 3), dtype=np.uint8)
+        pixels = np.empty((frame.height, 3, height, width), dtype=np.uint8)
 
         def decode(item: tuple[int, bytes | None]) -> None:
             index, data = item
@@ -156,10 +161,10 @@ class ShardReader:
             image = Image.open(io.BytesIO(data))
             if image.mode != "RGB":
                 image = image.convert("RGB")
-            pixels[index] = np.asarray(image)
+            pixels[index] = np.asarray(image).transpose(2, 0, 1)  # HWC -> CHW here, in the decoding threads
 
         list(self._pool.map(decode, enumerate(self.encoded(frame, "image"))))
-        return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(pixels)
 
     def masks(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray:
         """The masks of ``frame`` under ``mask_rule`` as bool (B, H, W); all False where a

@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from m2ad.metrics import all_finite
+
 FORMAT_VERSION = 1
 METADATA_KEY = "m2ad.predictions"
 MAP_DTYPES = ("float16", "float32")
@@ -203,10 +205,10 @@ class PredictionsWriter:
             if values.ndim != 2 or values.dtype.kind not in "fiub":
                 problems.setdefault("wrong map shapes", []).append(f"{sample_id} {values.shape} {values.dtype}")
                 continue
-            if not np.isfinite(values).all():
+            if not all_finite(values):
                 problems.setdefault("NaN or inf in maps", []).append(sample_id)
                 continue
-            if self.map_dtype == "float16" and values.size and float(np.abs(values).max()) > _FLOAT16_MAX:
+            if self.map_dtype == "float16" and values.dtype != np.float16 and values.size and float(np.abs(values).max()) > _FLOAT16_MAX:
                 problems.setdefault("map values overflow float16", []).append(
                     f"{sample_id} (max |value| {float(np.abs(values).max()):.4g}; use map_dtype='float32' or rescale)")
                 continue

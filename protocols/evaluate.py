@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import protocols
 from m2ad import data as m2ad_data
 from m2ad.predictions import PredictionsFile, validate
 from m2ad.schema import DatasetInfo
-from protocols.base import EVAL_MODES, MASK_RULES
+from protocols.base import EVAL_MODES, MASK_RULES, Evaluator
 
 BATCH_SIZE = 64
 
@@ -79,18 +79,15 @@ def _choose_categories(info: DatasetInfo, manifest: pl.DataFrame, categories: Se
     return list(dict.fromkeys(categories))
 
 
-def _map_ranges(handle: PredictionsFile, category_of: dict[str, str]) -> dict[str, tuple[float, float]]:
-    """(min, max) of the maps of each category, in one pass over the file."""
-    low: dict[str, float] = defaultdict(lambda: math.inf)
-    high: dict[str, float] = defaultdict(lambda: -math.inf)
-    for batch in handle.iter_batches(batch_size=BATCH_SIZE):
+def _map_range(handle: PredictionsFile, wanted: Collection[str], row_groups: Sequence[int] | None) -> tuple[float, float]:
+    """(min, max) of the maps of the ``wanted`` samples, in one pass over the given row groups."""
+    low, high = math.inf, -math.inf
+    for batch in handle.iter_batches(batch_size=BATCH_SIZE, row_groups=row_groups):
         assert batch.maps is not None
         for sample_id, anomaly_map in zip(batch.sample_ids, batch.maps):
-            name = category_of.get(sample_id)
-            if name is not None:
-                low[name] = min(low[name], float(anomaly_map.min()))
-                high[name] = max(high[name], float(anomaly_map.max()))
-    return {name: (low[name], high[name]) for name in low}
+            if sample_id in wanted:
+                low, high = min(low, float(anomaly_map.min())), max(high, float(anomaly_map.max()))
+    return low, high
 
 
 def _value_range(protocol: protocols.Protocol, mode: str, image_range: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -101,6 +98,36 @@ def _value_range(protocol: protocols.Protocol, mode: str, image_range: tuple[flo
         return None
     low, high = image_range
     return (low, low + 1.0) if mode == "streaming" and low == high else (low, high)
+
+
+def evaluate_category(protocol: protocols.Protocol, test: pl.DataFrame, handle: PredictionsFile, reader: m2ad_data.ShardReader, *,
+                      mode: str, mask_rule: str, pro_limit: float, with_maps: bool, row_groups: Sequence[int] | None = None,
+                      advance: Callable[[int], None] | None = None) -> Evaluator:
+    """Feed one category's predictions from an open predictions file to a fresh evaluator and
+    return it (call ``compute``, ``counts``, ``breakdown``).  ``test``: the category's test
+    samples (``protocol.test_samples``); rows of other ids are skipped; ``row_groups``: the
+    file's row groups that hold them (None: all).  Memory stays bounded by a batch: in
+    ``streaming`` and ``compat`` modes a first pass takes the maps' value range, the second
+    feeds the metrics (except ``compat`` on fused maps, see ``protocols.base``).  This is the
+    one path by which both ``evaluate`` and the runner's non-exact cells score a file, so the
+    two agree exactly."""
+    row_of = {sample_id: row for row, sample_id in enumerate(test["sample_id"])}
+    image_range = _map_range(handle, row_of, row_groups) if with_maps and mode != "exact" else None
+    evaluator = protocol.new_evaluator(test, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit,
+                                       value_range=_value_range(protocol, mode, image_range))
+    needs_masks = with_maps or mask_rule == "official"
+    for batch in handle.iter_batches(batch_size=BATCH_SIZE, with_maps=with_maps, row_groups=row_groups):
+        keep = [index for index, sample_id in enumerate(batch.sample_ids) if sample_id in row_of]
+        if not keep:
+            continue
+        ids = [batch.sample_ids[index] for index in keep]
+        maps = None if batch.maps is None else [batch.maps[index] for index in keep]
+        rows = np.array([row_of[sample_id] for sample_id in ids], dtype=np.int64)
+        masks = reader.masks(test[rows], mask_rule) if needs_masks else None
+        evaluator.update(ids, batch.scores[keep], maps, masks)
+        if advance is not None:
+            advance(len(ids))
+    return evaluator
 
 
 def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: str = "exact", mask_rule: str = "exact",
@@ -139,36 +166,19 @@ def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: 
     with Progress(*columns, disable=not progress, transient=True) as bar, m2ad_data.ShardReader(root) as reader:
         step = bar.add_task("validating the predictions", total=None)
         predictions_info = validate(predictions, expected, optional=optional)
-        needs_masks = predictions_info.has_maps or mask_rule == "official"
         handle = PredictionsFile(predictions)
         groups_of: dict[str, list[int]] = defaultdict(list)
         for group in range(handle.num_row_groups):
             batch = handle.read_row_group(group, with_maps=False)
             for name in sorted({category_of[sample_id] for sample_id in batch.sample_ids if sample_id in category_of}):
                 groups_of[name].append(group)
-        ranges: dict[str, tuple[float, float]] = {}
-        if predictions_info.has_maps and mode != "exact":
-            bar.update(step, description="reading the value range of the maps")
-            ranges = _map_ranges(handle, category_of)
         bar.remove_task(step)
         task = bar.add_task(f"evaluating {protocol}", total=len(expected))
         for name in names:
             bar.update(task, description=f"evaluating {protocol}: {name}")
-            test = tests[name]
-            row_of = {sample_id: row for row, sample_id in enumerate(test["sample_id"])}
-            evaluator = chosen.new_evaluator(test, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit,
-                                             value_range=_value_range(chosen, mode, ranges.get(name)))
-            for batch in handle.iter_batches(batch_size=BATCH_SIZE, with_maps=predictions_info.has_maps,
-                                             row_groups=groups_of[name]):
-                keep = [index for index, sample_id in enumerate(batch.sample_ids) if sample_id in row_of]
-                if not keep:
-                    continue
-                ids = [batch.sample_ids[index] for index in keep]
-                maps = None if batch.maps is None else [batch.maps[index] for index in keep]
-                rows = np.array([row_of[sample_id] for sample_id in ids], dtype=np.int64)
-                masks = reader.masks(test[rows], mask_rule) if needs_masks else None
-                evaluator.update(ids, batch.scores[keep], maps, masks)
-                bar.advance(task, len(ids))
+            evaluator = evaluate_category(chosen, tests[name], handle, reader, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit,
+                                          with_maps=predictions_info.has_maps, row_groups=groups_of[name],
+                                          advance=lambda count: bar.advance(task, count))
             per_category[name] = evaluator.compute()
             counts[name] = {**evaluator.counts(), "ignored_images": chosen.ignored_samples(manifest, name).height}
             category_breakdown = evaluator.breakdown()

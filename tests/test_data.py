@@ -69,6 +69,24 @@ def test_batches_match_the_source_files(tree: Path, original: Path) -> None:
                 assert not batch.masks[index].any()
 
 
+def test_consecutive_rows_read_as_in_any_order(tree: Path, original: Path) -> None:
+    """Rows that follow each other in a shard (the usual case, read as one slice) and the same
+    rows scattered (gathered row by row) give the same images and masks, equal to the sources."""
+    manifest = data.load_manifest(original)
+    in_order = manifest.sort("shard_dir", "shard_row").head(30)
+    assert (np.diff(in_order.filter(pl.col("shard_dir") == in_order["shard_dir"][0])["shard_row"].to_numpy()) == 1).all()
+    scattered = in_order.sample(fraction=1.0, shuffle=True, seed=11)
+    images, masks = data.read_images(original, in_order), data.read_masks(original, in_order)
+    position = {sample_id: index for index, sample_id in enumerate(scattered["sample_id"])}
+    order = [position[sample_id] for sample_id in in_order["sample_id"]]
+    assert torch.equal(images, data.read_images(original, scattered)[order])
+    assert np.array_equal(masks, data.read_masks(original, scattered)[order])
+    assert images.is_contiguous()
+    for index, sample_id in enumerate(in_order["sample_id"]):
+        expected = np.asarray(Image.open(tree / sample_id.removeprefix("m2ad/")).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(images[index].numpy(), expected)
+
+
 @pytest.mark.parametrize("rule,column", [("exact", "mask"), ("official", "mask_official")])
 def test_resized_masks_follow_the_chosen_rule(resized: Path, rule: str, column: str) -> None:
     manifest = data.load_manifest(resized)

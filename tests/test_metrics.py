@@ -229,6 +229,41 @@ def test_float64_maps_are_not_rounded_to_float32() -> None:
     assert pixel_metrics([m.astype(np.float32) for m in maps], masks)["pixel_auroc"] == 0.5
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.floats(width=16, allow_nan=False, allow_infinity=False), min_size=1, max_size=40),
+    st.lists(st.floats(width=16, allow_nan=False, allow_infinity=False), min_size=0, max_size=200),
+)
+def test_count_negatives_of_float16_equals_brute_force(values: list[float], negatives: list[float]) -> None:
+    """float16 scores are counted per value: -0.0 equals 0.0, subnormals and extremes included."""
+    distinct = np.unique(np.array(values, dtype=np.float16))
+    chunks = [np.array(negatives[:50], dtype=np.float16), np.array(negatives[50:], dtype=np.float16)]
+    below, equal = count_negatives(chunks, distinct, 0.0, 0.0)
+    pooled_negatives = np.concatenate(chunks).astype(np.float64)
+    assert below.tolist() == [int(np.sum(pooled_negatives < v)) for v in distinct.astype(np.float64)]
+    assert equal.tolist() == [int(np.sum(pooled_negatives == v)) for v in distinct.astype(np.float64)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(map_sets(), st.sampled_from([0.3, 0.05, 1.0]), st.sampled_from([1.0, 1e-6, -1e-3]))
+def test_float16_maps_are_scored_exactly(data: tuple[list[np.ndarray], list[np.ndarray]], limit: float, scale: float) -> None:
+    """float16 maps (as stored in predictions files) give exactly the references' values, and the
+    values of the same maps converted to float32, also when merged with float32 maps."""
+    maps, masks = data
+    half = [(m * scale).astype(np.float16) for m in maps]  # scale: subnormals, signed zeros, ties
+    assert_matches_references([m.astype(np.float32) for m in half], masks, limit)
+    as_float32 = pixel_metrics([m.astype(np.float32) for m in half], masks, pro_limit=limit)
+    assert pixel_metrics(half, masks, pro_limit=limit) == as_float32
+    mixed = [m if index % 2 else m.astype(np.float32) for index, m in enumerate(half)]
+    assert pixel_metrics(mixed, masks, pro_limit=limit) == as_float32
+
+
+def test_non_finite_float16_maps_are_refused() -> None:
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            pixel_metrics([np.array([[0.0, bad]], dtype=np.float16)], [np.array([[0, 1]])])
+
+
 def test_point_metrics_pool_ragged_clouds() -> None:
     rng = np.random.default_rng(6)
     scores = [rng.random(size).astype(np.float32) for size in (50, 7, 300)]

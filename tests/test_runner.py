@@ -189,6 +189,27 @@ def test_run_output_evaluates_to_the_same_metrics(shards: Path, tmp_path: Path) 
         assert scored["categories"]["Ring"][name] == pytest.approx(value, abs=1e-9), name
 
 
+@pytest.mark.parametrize(("protocol", "mode"), [("synergy", "streaming"), ("invariant", "compat")])
+def test_binned_mode_run_equals_evaluating_its_predictions(shards: Path, tmp_path: Path, protocol: str, mode: str) -> None:
+    """A streaming or compat cell scores its own predictions file after writing it: its metrics
+    are exactly those of `m2ad evaluate --mode MODE` on that file (and on the joined file)."""
+    from protocols.evaluate import evaluate
+
+    config = RunConfig(protocol=protocol, methods=("gaussian",), data=shards, categories=("Cube",), out=tmp_path / "run",
+                       executor="local", mode=mode)
+    result = run(config, progress=False)
+    cell = result.cells[0]
+    assert cell["status"] == "ok" and set(cell["metrics"]) == set(protocols.get(protocol).metric_names)
+    assert all(value is not None for value in cell["metrics"].values())
+    for path in (result.run_dir / "cells" / cell["cell_id"] / "predictions.parquet", result.run_dir / "predictions" / "gaussian__seed0.parquet"):
+        scored = evaluate(protocol, shards, path, mode=mode, categories=["Cube"], progress=False)
+        assert scored["categories"]["Cube"] == cell["metrics"], path.name
+    if mode == "streaming":  # binned finely: close to exact (compat reproduces the coarse official binning)
+        exact = evaluate(protocol, shards, result.run_dir / "predictions" / "gaussian__seed0.parquet", categories=["Cube"], progress=False)
+        for name, value in cell["metrics"].items():
+            assert value == pytest.approx(exact["categories"]["Cube"][name], abs=0.01), name
+
+
 def test_failing_cell_loses_no_other_cell_and_the_cli_exits_nonzero(shards: Path, tmp_path: Path, probe_method: str) -> None:
     out = tmp_path / "run"
     result = CliRunner().invoke(

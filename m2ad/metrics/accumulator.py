@@ -23,16 +23,27 @@ class UndefinedMetricWarning(RuntimeWarning):
     """A metric is undefined for the data (one class only, no defect region): it is NaN."""
 
 
-def as_score_array(value: object, index: int) -> np.ndarray:
-    """One map (or point-score array) as a float array: float16/bool -> float32, integers -> float64."""
+def as_score_array(value: object, index: int, *, keep_float16: bool = False) -> np.ndarray:
+    """One map (or point-score array) as a float array: bool -> float32, integers -> float64,
+    float16 -> float32 unless ``keep_float16`` (exact mode counts float16 scores as they are)."""
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise ValueError(f"map {index}: expected real numbers, got dtype {array.dtype}")
     if array.dtype.kind in "iu":
         return array.astype(np.float64)
+    if array.dtype == np.float16 and keep_float16:
+        return array.astype(np.float16, copy=False)  # native byte order
     if array.dtype.kind == "b" or array.dtype.itemsize < 4:
         return array.astype(np.float32)
     return array
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """True when no value is NaN or infinite (float16 read from its exponent bits: NumPy's
+    float16 reductions are slow)."""
+    if values.dtype == np.float16:
+        return not np.any((values.view(np.uint16) & 0x7C00) == 0x7C00)
+    return bool(np.isfinite(values.min()) and np.isfinite(values.max()))
 
 
 def as_defect_mask(value: object, index: int) -> np.ndarray:
@@ -118,12 +129,13 @@ class PixelMetricAccumulator:
             raise ValueError(f"maps must be a sequence of arrays or a batch array, got one array of shape {maps.shape}")
         for anomaly_map, mask in _pairs(maps, masks):
             index = self.samples
-            values, defect = as_score_array(anomaly_map, index), as_defect_mask(mask, index)
+            values = as_score_array(anomaly_map, index, keep_float16=self.mode == "exact")
+            defect = as_defect_mask(mask, index)
             if values.shape != defect.shape:
                 raise ValueError(f"map {index} has shape {values.shape} but its mask has shape {defect.shape}")
             if self.regions and values.ndim != 2:
                 raise ValueError(f"map {index} must be 2-D, got shape {values.shape}")
-            if values.size and not (np.isfinite(values.min()) and np.isfinite(values.max())):
+            if values.size and not all_finite(values):
                 raise ValueError(f"map {index} contains NaN or infinite values")
             if self.regions:
                 weights, count = region_weights(defect)

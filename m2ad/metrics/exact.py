@@ -19,6 +19,10 @@ Because codes are monotone, a negative in an unmixed bin with a smaller code is 
 one with a larger code is above it, and every negative equal to ``v`` lies in ``v``'s (mixed)
 bin: the counts are exact whatever the grid.  The grid only decides how many negatives are
 sorted.
+
+float16 scores (the usual dtype of stored maps) take a shorter exact path: a float16 has only
+65536 bit patterns, so the negatives are counted per value (one ``bincount`` of order-preserving
+integer keys), with no grid, no sort and no conversion to float32.
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ def count_negatives(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For sorted distinct ``values``: how many negatives are ``< v`` and ``== v``, for each ``v``.
 
-    ``negatives`` are 1-D chunks of ``values``' dtype; ``low`` and ``high`` bound every score.
+    ``negatives`` are 1-D chunks of ``values``' dtype; ``low`` and ``high`` bound every score
+    (unused for float16, which is counted per value).
     """
     total = sum(chunk.size for chunk in negatives)
     if total == 0 or values.size == 0:
         return np.zeros(values.size, dtype=np.int64), np.zeros(values.size, dtype=np.int64)
+    if values.dtype == np.float16:
+        return _count_float16_negatives(negatives, values)
     bins = _refine_bins(total)
     dtype = values.dtype
     low_value, scale = dtype.type(low), bin_scale(low, high, bins, dtype)
@@ -70,6 +77,38 @@ def count_negatives(
     first = np.searchsorted(mixed_sorted, values, side="left")
     after = np.searchsorted(mixed_sorted, values, side="right")
     return unmixed_below[value_codes] + first, (after - first).astype(np.int64)
+
+
+FLOAT16_KEYS = 1 << 16
+
+
+def float16_keys(values: np.ndarray) -> np.ndarray:
+    """An order-preserving key in ``[0, 65536)`` for each finite float16 value, as uint16: a
+    larger value has a larger key.  Non-negative values get ``bits + 0x8000``, negative ones
+    ``0xFFFF - bits`` (one XOR each), so ``-0.0`` gets ``ZERO_KEY - 1``: equal values share a key
+    except the two zeros, which callers merge (see ``_count_float16_negatives``)."""
+    bits = values.view(np.uint16)
+    flip = (bits >> 15) * np.uint16(0x7FFF)  # 0x7FFF for negative values, else 0
+    flip |= np.uint16(0x8000)
+    return bits ^ flip
+
+
+ZERO_KEY = 0x8000
+"""The key of 0.0; -0.0 gets ``ZERO_KEY - 1``."""
+
+
+def _count_float16_negatives(negatives: list[np.ndarray], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``count_negatives`` for float16 scores: exact counts per value, from one key histogram."""
+    per_key = np.zeros(FLOAT16_KEYS, dtype=np.int64)
+    for group in _groups(negatives, 16 * FLOAT16_KEYS):  # one bincount per group, as in count_negatives
+        keys = np.concatenate([float16_keys(chunk) for chunk in group])
+        per_key += np.bincount(keys.astype(np.intp), minlength=FLOAT16_KEYS)  # intp: bincount's fast path
+    per_key[ZERO_KEY] += per_key[ZERO_KEY - 1]  # -0.0 == 0.0
+    per_key[ZERO_KEY - 1] = 0
+    below_key = np.cumsum(per_key) - per_key
+    keys = float16_keys(values).astype(np.intp)
+    keys[keys == ZERO_KEY - 1] = ZERO_KEY
+    return below_key[keys], per_key[keys]
 
 
 def _groups(chunks: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
@@ -170,6 +209,8 @@ class ExactState:
         negatives = [chunk.astype(dtype, copy=False) for chunk in self.negatives]
         positives = np.concatenate([chunk.astype(dtype, copy=False) for chunk in self.positives] or [np.zeros(0, dtype)])
         weights = np.concatenate(self.weights or [np.zeros(0)])
+        if dtype == np.float16:  # counted per value (count_negatives): no range needed
+            return exact_curve(negatives, positives, weights, self.regions, 0.0, 0.0)
         chunks = [chunk for chunk in [*negatives, positives] if chunk.size] or [np.zeros(1, dtype)]
         low, high = min(float(c.min()) for c in chunks), max(float(c.max()) for c in chunks)
         return exact_curve(negatives, positives, weights, self.regions, low, high)
