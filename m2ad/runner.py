@@ -661,6 +661,8 @@ def _start_ray(config: RunConfig) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RunError(f"cannot join the Ray cluster at {config.ray_address}: {error}") from None
         return True
+    # A cluster we start ourselves serves this machine only: keep every socket on loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
         num_cpus=config.local_num_cpus,
         num_gpus=config.local_num_gpus,
