@@ -16,9 +16,9 @@ from sklearn.metrics import roc_auc_score
 
 import baselines
 from baselines import inpformer
-from baselines.base import Batch
 from baselines.inpformer import INPFormer, INPFormerConfig, load_official
 from baselines.weights import WeightsUnavailable
+from textures import method_batch, textures
 from tests.test_backbones import meta_dinov2_state_dict
 
 
@@ -200,7 +200,7 @@ def test_missing_encoder_weights_name_the_import_command(monkeypatch: pytest.Mon
     monkeypatch.setenv("M2AD_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     method = baselines.create("inpformer", encoder="vits14", device="cpu")
-    batch = _batch(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
+    batch = method_batch(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
     with pytest.raises(WeightsUnavailable, match="m2ad weights import dinov2_vits14_reg4_pretrain"):
         method.fit([batch])
 
@@ -220,69 +220,50 @@ def test_few_shot_augmentation_matches_the_official_list() -> None:
     torch.testing.assert_close(augmented[9][:, 5:20, 5:20], shifted, atol=1e-5, rtol=1e-5)
 
 
-def _textures(count: int, seed: int, defect: bool = False, size: int = 56) -> tuple[torch.Tensor, np.ndarray]:
-    """Striped colour textures; with ``defect`` a white 14 x 14 square at a random place."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size]
-    images, masks = [], []
-    for _ in range(count):
-        base = 128 + 60 * np.sin(xs / 3.0 + rng.uniform(0, 6.28)) * np.cos(ys / 4.0)
-        image = np.stack([base, base * 0.8 + 20, 255 - base]) + rng.normal(0, 5, (3, size, size))
-        mask = np.zeros((size, size), bool)
-        if defect:
-            y, x = rng.integers(8, size - 22, 2)
-            image[:, y : y + 14, x : x + 14] = 255
-            mask[y : y + 14, x : x + 14] = True
-        images.append(np.clip(image, 0, 255).astype(np.uint8))
-        masks.append(mask)
-    return torch.from_numpy(np.stack(images)), np.stack(masks)
 
 
-def _batch(images: torch.Tensor, categories: list[str] | None = None) -> Batch:
-    count = len(images)
-    return Batch([f"s{i}" for i in range(count)], images, categories or ["c"] * count, [None] * count, [None] * count)
 
 
 def test_overfit_detects_obvious_defects_and_round_trips_state() -> None:
     torch.manual_seed(0)
-    train, _ = _textures(16, 0)
-    good, _ = _textures(6, 1)
-    bad, masks = _textures(6, 2, defect=True)
+    train, _ = textures(16, 0, size=56, square=14)
+    good, _ = textures(6, 1, size=56, square=14)
+    bad, masks = textures(6, 2, defect=True, size=56, square=14)
     config = dict(encoder="tiny", encoder_weights="random", input_size=56, crop_size=56, epochs=10, batch_size=8, warmup_iters=0, map_size=56, device="cpu")
     method = baselines.create("inpformer", **config)
-    method.fit([_batch(train[:8]), _batch(train[8:])])
-    good_scores, good_maps = method.predict(_batch(good))
-    bad_scores, bad_maps = method.predict(_batch(bad))
+    method.fit([method_batch(train[:8]), method_batch(train[8:])])
+    good_scores, good_maps = method.predict(method_batch(good))
+    bad_scores, bad_maps = method.predict(method_batch(bad))
     assert good_maps.shape == (6, 56, 56) and good_maps.dtype == np.float32
     assert roc_auc_score([0] * 6 + [1] * 6, np.r_[good_scores, bad_scores]) == 1.0
     assert roc_auc_score(masks.ravel(), bad_maps.ravel()) > 0.8
     restored = INPFormer(INPFormerConfig(**config))
     restored.load_state_dict(method.state_dict())
-    again_scores, again_maps = restored.predict(_batch(bad))
+    again_scores, again_maps = restored.predict(method_batch(bad))
     np.testing.assert_allclose(again_scores, bad_scores, rtol=1e-5)
     np.testing.assert_allclose(again_maps, bad_maps, rtol=1e-4, atol=1e-6)
 
 
 def test_single_class_trains_one_model_per_category_and_crop_border() -> None:
-    images, _ = _textures(4, 3, size=64)
+    images, _ = textures(4, 3, size=64, square=14)
     method = INPFormer(INPFormerConfig(encoder="tiny", encoder_weights="random", input_size=64, crop_size=56, epochs=1, batch_size=2, warmup_iters=0, multi_class=False, device="cpu"))
-    method.fit([_batch(images, ["a", "a", "b", "b"])])
+    method.fit([method_batch(images, ["a", "a", "b", "b"])])
     assert sorted(method.models) == ["a", "b"]
     assert method.models["a"].encoder is method.models["b"].encoder
-    scores, maps = method.predict(_batch(images[:2], ["b", "a"]))
+    scores, maps = method.predict(method_batch(images[:2], ["b", "a"]))
     assert maps.shape == (2, 64, 64) and np.isfinite(scores).all()
     assert np.all(maps[:, :4] == maps.reshape(2, -1).min(axis=1)[:, None, None])  # 448->392 border: never seen
     with pytest.raises(ValueError, match="no model was trained for category 'z'"):
-        method.predict(_batch(images[:1], ["z"]))
+        method.predict(method_batch(images[:1], ["z"]))
 
 
 def test_few_shot_trains_one_model_on_augmented_shots(monkeypatch: pytest.MonkeyPatch) -> None:
-    images, _ = _textures(6, 4, size=28)
+    images, _ = textures(6, 4, size=28, square=14)
     method = INPFormer(INPFormerConfig(encoder="tiny", encoder_weights="random", input_size=28, crop_size=28, epochs=1, batch_size=22, warmup_iters=0, shots=1, multi_class=False, seed=5, device="cpu"))
     seen: list[int] = []
     original = method.train_model
     monkeypatch.setattr(method, "train_model", lambda model, data: seen.append(len(data)) or original(model, data))
-    method.fit([_batch(images, ["a", "a", "a", "b", "b", "b"])])
+    method.fit([method_batch(images, ["a", "a", "a", "b", "b", "b"])])
     assert list(method.models) == ["*"] and seen == [2 * 22]
-    scores, maps = method.predict(_batch(images[:2], ["a", "b"]))
+    scores, maps = method.predict(method_batch(images[:2], ["a", "b"]))
     assert maps.shape == (2, 28, 28) and np.isfinite(maps).all()

@@ -16,29 +16,11 @@ import baselines
 from baselines import patchcore
 from baselines.base import Batch
 from baselines.patchcore import PatchCore, PatchCoreConfig, greedy_coreset, nearest_neighbors
+from textures import method_batch, textures
 
 
-def _batch(images: torch.Tensor, prefix: str = "s") -> Batch:
-    count = len(images)
-    return Batch([f"{prefix}{i}" for i in range(count)], images, ["c"] * count, [None] * count, [None] * count)
 
 
-def _textures(count: int, seed: int, defect: bool = False, size: int = 64) -> tuple[torch.Tensor, np.ndarray]:
-    """Striped colour textures; with ``defect`` a white 12 x 12 square at a random place."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:size, 0:size]
-    images, masks = [], []
-    for _ in range(count):
-        base = 128 + 60 * np.sin(xs / 3.0 + rng.uniform(0, 6.28)) * np.cos(ys / 4.0)
-        image = np.stack([base, base * 0.8 + 20, 255 - base]) + rng.normal(0, 5, (3, size, size))
-        mask = np.zeros((size, size), bool)
-        if defect:
-            y, x = rng.integers(8, size - 20, 2)
-            image[:, y : y + 12, x : x + 12] = 255
-            mask[y : y + 12, x : x + 12] = True
-        images.append(np.clip(image, 0, 255).astype(np.uint8))
-        masks.append(mask)
-    return torch.from_numpy(np.stack(images)), np.stack(masks)
 
 
 @pytest.mark.parametrize("count", [1, 7, 40])
@@ -99,8 +81,8 @@ def test_image_score_reweighting_by_hand() -> None:
 
 
 def test_memory_bounded_fit_keeps_the_coreset_size_and_state_round_trips() -> None:
-    images, _ = _textures(6, 0)
-    batches = [_batch(images[i : i + 2]) for i in range(0, 6, 2)]
+    images, _ = textures(6, 0, size=64, square=12)
+    batches = [method_batch(images[i : i + 2]) for i in range(0, 6, 2)]
     bounded = PatchCore(PatchCoreConfig(backbone="efficientnet_lite0", image_size=64, coreset_ratio=0.25, max_pool_patches=200))
     bounded.fit(batches)
     patches_per_image = (64 // 8) ** 2
@@ -129,17 +111,17 @@ def test_auto_backbone_falls_back_to_lite0_offline(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ValueError, match="backbone must be"):
         PatchCoreConfig(backbone="resnet18")
     with pytest.raises(RuntimeError, match="before fit"):
-        PatchCore(PatchCoreConfig(backbone="efficientnet_lite0")).predict(_batch(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)))
+        PatchCore(PatchCoreConfig(backbone="efficientnet_lite0")).predict(method_batch(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)))
 
 
 def test_overfit_detects_obvious_defects() -> None:
-    train, _ = _textures(8, 0)
-    good, _ = _textures(6, 1)
-    bad, masks = _textures(6, 2, defect=True)
+    train, _ = textures(8, 0, size=64, square=12)
+    good, _ = textures(6, 1, size=64, square=12)
+    bad, masks = textures(6, 2, defect=True, size=64, square=12)
     method = baselines.create("patchcore", backbone="efficientnet_lite0", image_size=64)
-    method.fit([_batch(train[:4]), _batch(train[4:])])
-    good_scores, good_maps = method.predict(_batch(good))
-    bad_scores, bad_maps = method.predict(_batch(bad, "b"))
+    method.fit([method_batch(train[:4]), method_batch(train[4:])])
+    good_scores, good_maps = method.predict(method_batch(good))
+    bad_scores, bad_maps = method.predict(method_batch(bad, prefix="b"))
     assert bad_maps.shape == (6, 64, 64) and bad_maps.dtype == np.float32 and good_scores.dtype == np.float32
     assert roc_auc_score([0] * 6 + [1] * 6, np.r_[good_scores, bad_scores]) == 1.0
     assert roc_auc_score(masks.ravel(), bad_maps.ravel()) > 0.95
