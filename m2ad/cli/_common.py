@@ -15,3 +15,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``message`` as an error (no traceback) and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def split_names(values: list[str] | None) -> list[str] | None:
+    """Names from a repeatable option whose values may also be comma-separated
+    (``-c Bird -c Car`` or ``-c Bird,Car``); ``None`` when none were given."""
+    if not values:
+        return None
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return names or None

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from m2ad.cli._common import console, fail
+from m2ad.cli._common import console, fail, split_names
 
 
 def _resolution(value: str) -> int | str:
@@ -70,7 +70,7 @@ def download(
     if dataset.lower() not in available():
         fail(f"unknown dataset {dataset!r}; available: {', '.join(available())}")
     chosen = _resolution(resolution)
-    categories = [name.strip() for value in categories or [] for name in value.split(",") if name.strip()] or None
+    categories = split_names(categories)
     target = out if out is not None else Path(f"{dataset.lower()}-{chosen}")
     try:
         report = download_dataset(

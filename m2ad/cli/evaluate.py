@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from m2ad.cli._common import console, fail
+from m2ad.cli._common import console, fail, split_names
 
 
 def _cell(value: float | None) -> str:
@@ -86,7 +86,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Write the full result (per category, mean, breakdown, counts) as JSON here.")] = None,
     mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming (bounded memory) or compat (the official M2AD evaluator's binning).")] = "exact",
     mask_rule: Annotated[str, typer.Option(help="GT masks: exact (no defect vanishes when resized) or official (eroded, labels recomputed from the masks, as the official M2AD evaluator).")] = "exact",
-    categories: Annotated[str | None, typer.Option(help="Comma-separated categories to evaluate (default: every category with test images).")] = None,
+    categories: Annotated[list[str] | None, typer.Option("--categories", "-c", help="Categories to evaluate (repeat or separate with commas); default: every category with test images.")] = None,
     pro_limit: Annotated[float, typer.Option(help="FPR integration limit of AUPRO.")] = 0.3,
 ) -> None:
     """Score a predictions file under a protocol: metrics per category and their mean, as fractions in [0, 1]."""
@@ -95,8 +95,8 @@ def evaluate(
 
     if protocol not in available():
         fail(f"unknown protocol {protocol!r}; available: {', '.join(available())}")
-    chosen = None if categories is None else [name.strip() for name in categories.split(",") if name.strip()]
-    if chosen == []:
+    chosen = split_names(categories)
+    if categories and not chosen:
         fail("--categories is empty")
     try:
         result = run_evaluation(protocol, data, predictions, mode=mode, mask_rule=mask_rule, categories=chosen,

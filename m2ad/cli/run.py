@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from m2ad.cli._common import console, err_console, fail
+from m2ad.cli._common import console, err_console, fail, split_names
 
 DEFAULT_METHOD = "patchcore"
 """The best method that needs no downloaded weights (PatchCore on EfficientNet-Lite0, whose
@@ -30,7 +30,7 @@ def run(
     data: Annotated[
         Path | None, typer.Option(help="Sharded dataset (default: the embedded synthetic M2AD, built on first use).")
     ] = None,
-    categories: Annotated[str | None, typer.Option(help="Comma-separated categories (default: all in the data).")] = None,
+    categories: Annotated[list[str] | None, typer.Option("--categories", "-c", help="Categories (repeat or separate with commas); default: all in the data.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each is one cell per method and category.")] = "0",
     out: Annotated[
         Path | None,
@@ -62,7 +62,7 @@ def run(
             methods=methods,
             method_args=_method_args(methods, method_arg or []),
             data=data,
-            categories=_names(categories) or None,
+            categories=split_names(categories),
             seeds=tuple(_seeds(seeds)),
             out=out,
             executor=executor,

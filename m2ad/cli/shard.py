@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from m2ad.cli._common import console, err_console, fail
+from m2ad.cli._common import console, err_console, fail, split_names
 
 if TYPE_CHECKING:
     import polars as pl
@@ -28,13 +28,6 @@ def _print_problems(problems: Sequence[Problem], title: str) -> None:
         err_console.print(f"  {problem}", highlight=False, markup=False)
     if len(problems) > _SHOWN_PROBLEMS:
         err_console.print(f"  ... and {len(problems) - _SHOWN_PROBLEMS} more", highlight=False)
-
-
-def _split_names(values: list[str] | None) -> list[str] | None:
-    """Category names from repeated and/or comma-separated options; ``None`` for all."""
-    if not values:
-        return None
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def shard(
@@ -70,7 +63,7 @@ def shard(
             out,
             resolution=resolution,
             dataset=dataset,
-            categories=_split_names(categories),
+            categories=split_names(categories),
             strict=not skip_bad,
             workers=workers,
             max_shard_size=max_shard_size,

@@ -8,14 +8,15 @@ from typing import Annotated
 
 import typer
 
-from m2ad.cli._common import console, fail
+from m2ad.cli._common import console, fail, split_names
 
 
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to create; it must be missing or empty (see --overwrite).")],
     categories: Annotated[
-        str, typer.Option(help="Comma-separated categories to render; available: Cube, Dice, Ring, Tube.")
-    ] = "Cube,Ring,Tube",
+        list[str] | None,
+        typer.Option("--categories", "-c", help="Categories to render (repeat or separate with commas); available: Cube, Dice, Ring, Tube; default: Cube, Ring, Tube."),
+    ] = None,
     normal_specimens: Annotated[int, typer.Option(help="Normal (Good) specimens per category; 60 % go to train.")] = 10,
     ng_specimens: Annotated[int, typer.Option(help="Defective (NG) specimens per category; all go to test.")] = 10,
     resolution: Annotated[int, typer.Option(help="Image width and height in pixels.")] = 128,
@@ -25,9 +26,9 @@ def synth(
 ) -> None:
     """Generate a synthetic M2AD: 3-D specimens seen from 12 views under 10 lights, with masks and
     the official jsons/meta_unsupervised.json (60 % of normal specimens to train, seed 42)."""
-    from m2ad.synth import generate
+    from m2ad.synth import DEFAULT_CATEGORIES, generate
 
-    names = [name.strip() for name in categories.split(",") if name.strip()]
+    names = split_names(categories) or list(DEFAULT_CATEGORIES)
     started = time.perf_counter()
     try:
         root = generate(
