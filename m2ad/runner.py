@@ -78,13 +78,12 @@ import m2ad
 import protocols
 from baselines.base import Batch
 from m2ad import data as m2ad_data
+from m2ad.metrics import MODES as EVAL_MODES
 from m2ad.predictions import MAP_DTYPES, METADATA_KEY, PredictionsFile, PredictionsWriter
-from m2ad.schema import INFO_FILE, MANIFEST_FILE
+from m2ad.schema import INFO_FILE, MANIFEST_FILE, MASK_RULES
 from protocols.evaluate import evaluate_category
 
 EXECUTORS = ("ray", "local")
-EVAL_MODES = ("exact", "streaming", "compat")
-MASK_RULES = ("exact", "official")
 CELL_FILE = "cell.json"
 PREDICTIONS_FILE = "predictions.parquet"
 RAY_OBJECT_STORE_BYTES = 256 * 2**20

@@ -42,8 +42,8 @@ import polars as pl
 
 from m2ad.metrics import MODES as EVAL_MODES
 from m2ad.metrics import PixelMetricAccumulator, image_metrics, map_value_range
+from m2ad.schema import MASK_RULES
 
-MASK_RULES = ("exact", "official")
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 MAX_LISTED = 5
@@ -76,6 +76,16 @@ def _as_mask(mask: Any) -> np.ndarray:
     return array if array.dtype == bool else array > 0
 
 
+def check_settings(mode: str, mask_rule: str, pro_limit: float) -> None:
+    """Refuse an unknown metric mode or mask rule, or an AUPRO limit outside (0, 1]."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
+    if mask_rule not in MASK_RULES:
+        raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {', '.join(MASK_RULES)}")
+    if not 0 < pro_limit <= 1:
+        raise ValueError(f"pro_limit must be in (0, 1], got {pro_limit}")
+
+
 class Evaluator(abc.ABC):
     """Scores one category's predictions under a protocol; mergeable across processes.
 
@@ -88,12 +98,7 @@ class Evaluator(abc.ABC):
 
     def __init__(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str = "exact", pro_limit: float = 0.3,
                  value_range: tuple[float, float] | None = None):
-        if mode not in EVAL_MODES:
-            raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {EVAL_MODES}")
-        if mask_rule not in MASK_RULES:
-            raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
-        if not 0 < pro_limit <= 1:
-            raise ValueError(f"pro_limit must be in (0, 1], got {pro_limit}")
+        check_settings(mode, mask_rule, pro_limit)
         missing_columns = [name for name in _REQUIRED_COLUMNS if name not in test_samples.columns]
         if missing_columns:
             raise ValueError(f"test_samples lacks the manifest columns {missing_columns}")

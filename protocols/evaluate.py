@@ -38,7 +38,7 @@ import protocols
 from m2ad import data as m2ad_data
 from m2ad.predictions import PredictionsFile, validate
 from m2ad.schema import DatasetInfo
-from protocols.base import EVAL_MODES, MASK_RULES, Evaluator
+from protocols.base import Evaluator, check_settings
 
 BATCH_SIZE = 64
 
@@ -139,12 +139,7 @@ def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: 
     first offenders of each kind) for a predictions file that does not fit the test set.
     """
     chosen = protocols.get(protocol)
-    if mode not in EVAL_MODES:
-        raise ValueError(f"unknown evaluation mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
-    if mask_rule not in MASK_RULES:
-        raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {', '.join(MASK_RULES)}")
-    if not 0 < pro_limit <= 1:
-        raise ValueError(f"pro_limit must be in (0, 1], got {pro_limit}")
+    check_settings(mode, mask_rule, pro_limit)
     root = Path(data)
     info = DatasetInfo.read(root)
     if mask_rule not in info.mask_rules:
