@@ -4,12 +4,13 @@ A cell with a no-op method (no fit, zero maps) still loads every test image and 
 shards, writes the predictions file and evaluates image and pixel metrics: what is left over
 the decode floor is the harness's own cost.  The target is at most 20 % over the floor.
 
-    .venv/bin/python benchmarks/runner.py [--resolution 256] [--normal 3] [--ng 3] [--repeats 3]
+    .venv/bin/python benchmarks/runner.py [--resolution 256] [--normal 3] [--ng 3] [--repeats 9]
                                           [--mode exact|streaming|compat] [--map-dtype float16|float32]
 
-Both are measured in the same run on the same images; the ratio is printed (best of repeats),
-by wall clock and by CPU time of the process (all threads): on a shared machine, where the
-decoding threads may not get every core, the CPU ratio is the steadier figure.
+Both are measured in the same run on the same images, interleaved; the ratio of each pair is
+printed as the median and range over the repeats, by wall clock and by CPU time of the process
+(all threads): on a shared machine, where the decoding threads may not get every core, the CPU
+ratio is the steadier figure.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--protocol", default="invariant")
     parser.add_argument("--mode", default="exact")
     parser.add_argument("--map-dtype", default="float16", choices=["float16", "float32"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="m2ad-bench-") as workdir:
@@ -137,7 +138,7 @@ def main() -> None:
         test_ids = protocol.test_samples(load_manifest(shards), "Cube")["sample_id"].to_list()
 
         floors, floor_cpus, loads, cells, cell_cpus, stages = [], [], [], [], [], []
-        for repeat in range(args.repeats):
+        for repeat in range(args.repeats):  # interleaved, so that a slow spell of the machine hits both
             floor_seconds, floor_cpu = decode_floor(shards, test_ids)
             floors.append(floor_seconds)
             floor_cpus.append(floor_cpu)
@@ -146,20 +147,24 @@ def main() -> None:
             cells.append(seconds)
             cell_cpus.append(cpu)
             stages.append(timings)
-        best = int(np.argmin(cells))
-        floor, load, cell = min(floors) / len(test_ids), min(loads) / count, cells[best] / count
-        floor_cpu, cell_cpu = min(floor_cpus) / len(test_ids), min(cell_cpus) / count
+        floors_per_image, cells_per_image = np.array(floors) / len(test_ids), np.array(cells) / count
+        wall_ratios, cpu_ratios = np.array(cells) / np.array(floors), np.array(cell_cpus) / np.array(floor_cpus)
+        threads = min(8, os.cpu_count() or 1)
         print(
             f"{count} test images at {args.resolution} px, protocol {args.protocol}, mode {args.mode}, "
-            f"maps {args.map_dtype}, best of {args.repeats}"
+            f"maps {args.map_dtype}, {args.repeats} interleaved repeats (median, [min, max])"
         )
-        print(f"decode floor         : {1e3 * floor:7.2f} ms/image (images only, {min(8, os.cpu_count() or 1)} threads)")
-        print(f"m2ad.data load       : {1e3 * load:7.2f} ms/image (images + masks, iter_batches)")
-        print(f"runner cell          : {1e3 * cell:7.2f} ms/image (load, no-op predict, write, evaluate)")
-        print(f"  of which evaluate  : {1e3 * stages[best]['evaluate_s'] / count:7.2f} ms/image (metrics compute)")
-        print(f"ratio                : {cell / floor:7.2f}x the decode floor (target <= 1.20x)")
-        print(f"CPU time             : {1e3 * floor_cpu:7.2f} ms/image decode floor, {1e3 * cell_cpu:.2f} ms/image runner cell: "
-              f"{cell_cpu / floor_cpu:.2f}x")
+        print(f"decode floor         : {_spread(1e3 * floors_per_image)} ms/image (images only, {threads} threads)")
+        print(f"m2ad.data load       : {_spread(1e3 * np.array(loads) / count)} ms/image (images + masks, iter_batches)")
+        print(f"runner cell          : {_spread(1e3 * cells_per_image)} ms/image (load, no-op predict, write, evaluate)")
+        print(f"  of which evaluate  : {_spread(1e3 * np.array([stage['evaluate_s'] for stage in stages]) / count)} ms/image (metrics compute)")
+        print(f"ratio (wall)         : {_spread(wall_ratios)} x the decode floor (target <= 1.20x)")
+        print(f"ratio (CPU time)     : {_spread(cpu_ratios)} x the decode floor's CPU time")
+
+
+def _spread(values: np.ndarray) -> str:
+    """Median and range of repeated measurements."""
+    return f"{np.median(values):7.2f} [{np.min(values):.2f}, {np.max(values):.2f}]"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,25 +95,77 @@ def _check_frame(frame: pl.DataFrame) -> None:
 
 
 def _uniform_size(frame: pl.DataFrame) -> tuple[int, int]:
-    """(height, width) shared by every row of ``frame``; raises if they differ."""
-    sizes = frame.select("height", "width").unique()
-    if sizes.height != 1:
-        shown = ", ".join(f"{w}x{h}" for h, w in sizes.head(4).iter_rows())
+    """(height, width) shared by every row of ``frame``; raises if they differ.  (Plain Python
+    on purpose: a polars query per batch wakes polars' thread pool, which then competes with
+    the decoding threads.)"""
+    sizes = sorted(set(zip(frame["height"].to_list(), frame["width"].to_list())))
+    if len(sizes) != 1:
+        shown = ", ".join(f"{w}x{h}" for h, w in sizes[:4])
         raise ValueError(f"these samples have different sizes ({shown}); batch them separately or shard at a fixed --resolution")
-    height, width = sizes.row(0)
+    height, width = sizes[0]
     return int(height), int(width)
 
 
-class ShardReader:
-    """Reads encoded pixels out of the Arrow datasets of one sharded dataset.
+class _EncodedColumn:
+    """The encoded bytes of one image column (``struct<bytes, path>``) of a memory-mapped Arrow
+    table, handed out as zero-copy views: no Arrow ``take``, no Python ``bytes`` per row."""
 
-    Opened datasets are kept (memory-mapped), so reuse one reader for many batches.
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.rows = len(column)
+        self._starts = np.cumsum([0, *(len(chunk) for chunk in column.chunks)])
+        self._chunks: list[tuple[np.ndarray, memoryview, np.ndarray]] = []
+        for chunk in column.chunks:
+            values = pc.struct_field(chunk, "bytes")
+            offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
+            _, offsets, data = values.buffers()
+            bounds = np.frombuffer(offsets, dtype=offset_type)[values.offset : values.offset + len(values) + 1]
+            present = ~values.is_null().to_numpy(zero_copy_only=False)
+            self._chunks.append((bounds, memoryview(data if data is not None else b""), present))
+
+    def __getitem__(self, row: int) -> memoryview | None:
+        """The bytes stored at ``row`` (``None`` where null)."""
+        if not 0 <= row < self.rows:
+            raise IndexError(f"row {row} is outside the shard's {self.rows} rows")
+        chunk = int(np.searchsorted(self._starts, row, side="right")) - 1
+        bounds, data, present = self._chunks[chunk]
+        local = row - int(self._starts[chunk])
+        return data[bounds[local] : bounds[local + 1]] if present[local] else None
+
+
+@dataclass
+class _PendingBatch:
+    """A batch whose samples are being decoded in the reader's threads, straight into its arrays."""
+
+    frame: pl.DataFrame
+    images: np.ndarray | None
+    masks: np.ndarray | None
+    futures: list[Future[None]]
+
+    def result(self) -> LoadedBatch:
+        """Wait for every sample (re-raising the first decoding error) and return the batch."""
+        for future in self.futures:
+            future.result()
+        return LoadedBatch(
+            sample_ids=self.frame["sample_id"].to_list(),
+            images=torch.from_numpy(self.images) if self.images is not None else torch.empty(0, dtype=torch.uint8),
+            masks=self.masks,
+            frame=self.frame,
+        )
+
+
+class ShardReader:
+    """Decodes the images and masks of one sharded dataset in a pool of threads.
+
+    Opened datasets are kept (memory-mapped), so reuse one reader for many batches.  PIL
+    releases the GIL while decoding, so the threads decode in parallel; each sample is decoded
+    straight into its slot of the batch arrays.
     """
 
     def __init__(self, root: str | Path, *, threads: int | None = None) -> None:
         self.root = Path(root)
         self._tables: dict[str, pa.Table] = {}
-        self._pool = ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1))
+        self._columns: dict[tuple[str, str], _EncodedColumn] = {}
+        self._pool = ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1), thread_name_prefix="m2ad-decode")
 
     def __enter__(self) -> ShardReader:
         return self
@@ -121,66 +174,73 @@ class ShardReader:
         self.close()
 
     def close(self) -> None:
-        """Stop the decoding threads."""
-        self._pool.shutdown()
+        """Stop the decoding threads (dropping work not yet started)."""
+        self._pool.shutdown(cancel_futures=True)
 
-    def _table(self, shard_dir: str) -> pa.Table:
-        if shard_dir not in self._tables:
-            path = self.root / shard_dir
-            if not path.is_dir():
-                raise FileNotFoundError(f"{path} is missing: the manifest of {self.root} names a shard folder that is not there")
-            self._tables[shard_dir] = datasets.load_from_disk(str(path)).data.table
-        return self._tables[shard_dir]
+    def _column(self, shard_dir: str, name: str) -> _EncodedColumn:
+        if (shard_dir, name) not in self._columns:
+            if shard_dir not in self._tables:
+                path = self.root / shard_dir
+                if not path.is_dir():
+                    raise FileNotFoundError(f"{path} is missing: the manifest of {self.root} names a shard folder that is not there")
+                self._tables[shard_dir] = datasets.load_from_disk(str(path)).data.table
+            self._columns[(shard_dir, name)] = _EncodedColumn(self._tables[shard_dir].column(name))
+        return self._columns[(shard_dir, name)]
 
-    def encoded(self, frame: pl.DataFrame, column: str) -> list[bytes | None]:
-        """The encoded bytes of ``column`` for each row of ``frame`` (``None`` where null)."""
+    def encoded(self, frame: pl.DataFrame, column: str) -> list[memoryview | None]:
+        """Zero-copy views of the encoded bytes of ``column`` for each row of ``frame`` (``None`` where null)."""
         _check_frame(frame)
-        result: list[bytes | None] = [None] * frame.height
-        located = frame.select("shard_dir", "shard_row").with_row_index("position")
-        for (shard_dir,), group in located.group_by("shard_dir", maintain_order=True):
-            rows = group["shard_row"].to_numpy()
-            stored = self._table(shard_dir).column(column)
-            if rows.size and (np.diff(rows) == 1).all():  # consecutive rows (the usual case): a zero-copy slice
-                taken = stored.slice(int(rows[0]), rows.size)
-            else:
-                taken = stored.take(pa.array(rows))
-            values = pc.struct_field(taken, "bytes").to_pylist()
-            for position, value in zip(group["position"].to_list(), values):
-                result[position] = value
-        return result
+        return [self._column(shard_dir, column)[row] for shard_dir, row in zip(frame["shard_dir"].to_list(), frame["shard_row"].to_list())]
+
+    def submit(self, frame: pl.DataFrame, *, with_images: bool = True, mask_rule: str | None = None) -> _PendingBatch:
+        """Start decoding the rows of ``frame`` (images, and masks under ``mask_rule`` unless it
+        is None); ``.result()`` of the returned object waits and gives the :class:`LoadedBatch`."""
+        if mask_rule is not None and mask_rule not in MASK_RULES:
+            raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
+        height, width = _uniform_size(frame) if frame.height else (0, 0)
+        sample_ids = frame["sample_id"].to_list()
+        images = np.empty((frame.height, 3, height, width), dtype=np.uint8) if with_images else None
+        masks = np.zeros((frame.height, height, width), dtype=bool) if mask_rule is not None else None
+        image_bytes = self.encoded(frame, "image") if with_images else [None] * frame.height
+        mask_bytes = self.encoded(frame, _MASK_COLUMNS[mask_rule]) if mask_rule is not None else [None] * frame.height
+
+        def decode(index: int) -> None:
+            try:
+                if images is not None:
+                    if image_bytes[index] is None:
+                        raise ValueError("no image bytes")
+                    image = Image.open(io.BytesIO(image_bytes[index]))
+                    if image.mode != "RGB":
+                        image = image.convert("RGB")
+                    _check_size(image, width, height)
+                    images[index] = np.asarray(image).transpose(2, 0, 1)  # HWC -> CHW here, in the decoding threads
+                if masks is not None and mask_bytes[index] is not None:
+                    mask = Image.open(io.BytesIO(mask_bytes[index])).convert("L")
+                    _check_size(mask, width, height)
+                    masks[index] = np.asarray(mask) > 0
+            except Exception as error:
+                raise ValueError(f"{sample_ids[index]}: cannot decode its {'mask' if images is None else 'image or mask'}: {error}") from error
+
+        futures = [self._pool.submit(decode, index) for index in range(frame.height)]
+        return _PendingBatch(frame, images, masks, futures)
 
     def images(self, frame: pl.DataFrame) -> torch.Tensor:
         """The images of ``frame`` as one uint8 tensor (B, 3, H, W), in frame order."""
-        height, width = _uniform_size(frame) if frame.height else (0, 0)
-        pixels = np.empty((frame.height, 3, height, width), dtype=np.uint8)
-
-        def decode(item: tuple[int, bytes | None]) -> None:
-            index, data = item
-            if data is None:
-                raise ValueError(f"{frame['sample_id'][index]} has no image bytes")
-            image = Image.open(io.BytesIO(data))
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            pixels[index] = np.asarray(image).transpose(2, 0, 1)  # HWC -> CHW here, in the decoding threads
-
-        list(self._pool.map(decode, enumerate(self.encoded(frame, "image"))))
-        return torch.from_numpy(pixels)
+        return self.submit(frame).result().images
 
     def masks(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray:
         """The masks of ``frame`` under ``mask_rule`` as bool (B, H, W); all False where a
         sample has none.  A pixel is foreground where the mask's luminance is non-zero."""
         if mask_rule not in MASK_RULES:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
-        height, width = _uniform_size(frame) if frame.height else (0, 0)
-        masks = np.zeros((frame.height, height, width), dtype=bool)
-
-        def decode(item: tuple[int, bytes | None]) -> None:
-            index, data = item
-            if data is not None:
-                masks[index] = np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 0
-
-        list(self._pool.map(decode, enumerate(self.encoded(frame, _MASK_COLUMNS[mask_rule]))))
+        masks = self.submit(frame, with_images=False, mask_rule=mask_rule).result().masks
+        assert masks is not None
         return masks
+
+
+def _check_size(image: Image.Image, width: int, height: int) -> None:
+    if image.size != (width, height):
+        raise ValueError(f"stored size {image.size[0]}x{image.size[1]} differs from the manifest's {width}x{height}")
 
 
 def iter_batches(
@@ -191,23 +251,29 @@ def iter_batches(
     with_masks: bool = False,
     mask_rule: str = "exact",
     threads: int | None = None,
+    prefetch: int = 2,
 ) -> Iterator[LoadedBatch]:
     """Batches of the samples in ``frame`` (manifest rows), in frame order: ids, images
-    (uint8 (B, 3, H, W)), masks under ``mask_rule`` if ``with_masks``, and the rows."""
+    (uint8 (B, 3, H, W)), masks under ``mask_rule`` if ``with_masks``, and the rows.
+
+    The next ``prefetch`` batches are decoding while the caller works on the current one, so
+    decoding overlaps the caller's work and the threads never wait at a batch boundary.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be at least 0, got {prefetch}")
     if mask_rule not in MASK_RULES:
         raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
     _check_frame(frame)
     with ShardReader(root, threads=threads) as reader:
+        pending: deque[_PendingBatch] = deque()
         for start in range(0, frame.height, batch_size):
-            rows = frame.slice(start, batch_size)
-            yield LoadedBatch(
-                sample_ids=rows["sample_id"].to_list(),
-                images=reader.images(rows),
-                masks=reader.masks(rows, mask_rule) if with_masks else None,
-                frame=rows,
-            )
+            pending.append(reader.submit(frame.slice(start, batch_size), mask_rule=mask_rule if with_masks else None))
+            if len(pending) > prefetch:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def read_images(root: str | Path, frame: pl.DataFrame, *, threads: int | None = None) -> torch.Tensor:

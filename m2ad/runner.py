@@ -60,12 +60,11 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -78,8 +77,8 @@ import m2ad
 import protocols
 from baselines.base import Batch
 from m2ad import data as m2ad_data
-from m2ad.metrics import MODES as EVAL_MODES
-from m2ad.predictions import MAP_DTYPES, METADATA_KEY, PredictionsFile, PredictionsWriter
+from m2ad.metrics import MODES as EVAL_MODES, all_finite
+from m2ad.predictions import MAP_DTYPES, METADATA_KEY, PredictionsFile, PredictionsWriter, as_map_dtype
 from m2ad.schema import INFO_FILE, MANIFEST_FILE, MASK_RULES
 from protocols.evaluate import evaluate_category
 
@@ -87,11 +86,9 @@ EXECUTORS = ("ray", "local")
 CELL_FILE = "cell.json"
 PREDICTIONS_FILE = "predictions.parquet"
 RAY_OBJECT_STORE_BYTES = 256 * 2**20
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 DEFAULT_PRO_LIMIT = 0.3
 
 log = logging.getLogger("m2ad.runner")
-T = TypeVar("T")
 
 
 class RunError(ValueError):
@@ -217,11 +214,9 @@ def execute_cell(spec: CellSpec, report: Callable[[str, int], None] | None = Non
         predict_started, predicted = time.perf_counter(), 0
         predictions_path = spec.cell_dir / PREDICTIONS_FILE
         with PredictionsWriter(predictions_path, map_dtype=spec.map_dtype, metadata=_provenance(spec)) as writer:
-            for data_batch in _read_ahead(
-                m2ad_data.iter_batches(
-                    spec.data, test, batch_size=spec.batch_size, with_masks=evaluator is not None, mask_rule=spec.mask_rule,
-                    threads=spec.threads,
-                )
+            for data_batch in m2ad_data.iter_batches(
+                spec.data, test, batch_size=spec.batch_size, with_masks=evaluator is not None, mask_rule=spec.mask_rule,
+                threads=spec.threads,
             ):
                 batch = _method_batch(data_batch)
                 scores, maps = _checked_predictions(spec.method, batch, *method.predict(batch), spec.map_dtype)
@@ -285,25 +280,10 @@ class _TrainBatches:
         self.root, self.frame, self.batch_size, self.threads, self.report = root, frame, batch_size, threads, report
 
     def __iter__(self) -> Iterator[Batch]:
-        for data_batch in _read_ahead(m2ad_data.iter_batches(self.root, self.frame, batch_size=self.batch_size, threads=self.threads)):
+        for data_batch in m2ad_data.iter_batches(self.root, self.frame, batch_size=self.batch_size, threads=self.threads):
             batch = _method_batch(data_batch)
             yield batch
             self.report("fit", len(batch))
-
-
-def _read_ahead(batches: Iterator[T]) -> Iterator[T]:
-    """Yield from ``batches`` while a background thread already reads the next one, so that
-    decoding overlaps predicting, writing and evaluating (PIL, torch and NumPy release the GIL)."""
-    done = object()
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m2ad-read-ahead") as pool:
-            upcoming = pool.submit(next, batches, done)
-            while (batch := upcoming.result()) is not done:
-                upcoming = pool.submit(next, batches, done)
-                yield batch
-    finally:
-        if isinstance(batches, Generator):
-            batches.close()  # release the shard reader now, also when the consumer stops early
 
 
 class _ProgressFile:
@@ -346,23 +326,14 @@ def _checked_predictions(
         raise ValueError(f"method {method!r} returned scores of shape {scores.shape}, expected ({len(batch)},)")
     if maps.shape != expected:
         raise ValueError(f"method {method!r} returned maps of shape {maps.shape}, expected {expected}")
-    if map_dtype == "float16" and maps.size:
+    converted = as_map_dtype(maps, map_dtype)
+    # finite values that became inf overflowed float16 (NaN and inf the writer reports by sample id)
+    if map_dtype == "float16" and converted.size and not all_finite(converted) and all_finite(maps):
         peak = max(float(maps.max()), -float(maps.min()))
-        if peak > FLOAT16_MAX:
-            raise ValueError(
-                f"method {method!r} returned map values up to {peak:.4g}, beyond float16; use --map-dtype float32 or rescale"
-            )
-    return scores, _converted(maps, map_dtype)
-
-
-def _converted(maps: np.ndarray, dtype: str) -> np.ndarray:
-    """``maps`` in ``dtype``.  Between float32 and float16 the conversion goes through torch,
-    whose vectorised rounding gives the same finite values as NumPy's and is 10 to 50 times faster
-    (NumPy converts float16 element by element)."""
-    if {maps.dtype.name, dtype} == {"float32", "float16"}:
-        native = np.require(maps, dtype=np.dtype(maps.dtype.name), requirements=["C", "W"])
-        return torch.from_numpy(native).to(getattr(torch, dtype)).numpy()
-    return maps.astype(dtype, copy=False)
+        raise ValueError(
+            f"method {method!r} returned map values up to {peak:.4g}, beyond float16; use --map-dtype float32 or rescale"
+        )
+    return scores, converted
 
 
 # --------------------------------------------------------------------------- the driver

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import abc
 import math
-import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 
 from m2ad.metrics import MODES as EVAL_MODES
-from m2ad.metrics import PixelMetricAccumulator, image_metrics, map_value_range
+from m2ad.metrics import PixelMetricAccumulator, grouped_auroc, image_metrics, map_value_range
 from m2ad.schema import MASK_RULES
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
@@ -55,25 +54,25 @@ def _listing(items: Sequence[Any]) -> str:
     return shown + (f" (and {len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
 
 
-def _quiet_image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """``m2ad.metrics.image_metrics`` where a single-class set gives NaN without a warning
-    (used for breakdown cells, where single-class cells are expected)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return image_metrics(scores, labels)
-
-
 def _as_map(anomaly_map: Any) -> np.ndarray:
-    """A map as float32, or as it is when float16 (the metrics score float16 exactly, and faster
-    than after a conversion)."""
+    """A map (or a (B, H, W) batch) as float32, or as it is when float16 (the metrics score
+    float16 exactly, and faster than after a conversion)."""
     array = np.asarray(anomaly_map)
     return array if array.dtype == np.float16 else array.astype(np.float32, copy=False)
 
 
 def _as_mask(mask: Any) -> np.ndarray:
-    """A GT mask as booleans: positive values are defects (boolean masks are taken as they are)."""
+    """A GT mask (or a batch of them) as booleans: positive values are defects (boolean masks
+    are taken as they are)."""
     array = np.asarray(mask)
     return array if array.dtype == bool else array > 0
+
+
+def _as_batch(items: Sequence[np.ndarray] | np.ndarray, convert: Callable[[Any], np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """A (B, H, W) array converted at once (the metrics then work per batch), else a list."""
+    if isinstance(items, np.ndarray) and items.ndim == 3:
+        return convert(items)
+    return [convert(item) for item in items]
 
 
 def check_settings(mode: str, mask_rule: str, pro_limit: float) -> None:
@@ -160,7 +159,8 @@ class Evaluator(abc.ABC):
                 raise ValueError(f"{count} sample ids but {len(maps)} maps")
         if masks is not None and len(masks) != count:
             raise ValueError(f"{count} sample ids but {len(masks)} masks")
-        if maps is not None and masks is not None:
+        same_batch_shape = isinstance(maps, np.ndarray) and isinstance(masks, np.ndarray) and maps.shape == masks.shape
+        if maps is not None and masks is not None and not same_batch_shape:
             for anomaly_map, mask in zip(maps, masks):
                 if np.shape(anomaly_map) != np.shape(mask):
                     raise ValueError(f"map shape {np.shape(anomaly_map)} differs from mask shape {np.shape(mask)}")
@@ -170,7 +170,9 @@ class Evaluator(abc.ABC):
     def _record(self, rows: np.ndarray, values: np.ndarray, maps: Any, masks: Any) -> None:
         self.scores[rows] = values
         self.seen[rows] = True
-        if masks is not None:
+        if isinstance(masks, np.ndarray):
+            self.mask_labels[rows] = masks.any(axis=tuple(range(1, masks.ndim)))
+        elif masks is not None:
             self.mask_labels[rows] = [int(np.any(np.asarray(mask))) for mask in masks]
         if maps is None:
             self.without_maps += len(rows)
@@ -262,7 +264,7 @@ class ImageEvaluator(Evaluator):
         rows, values = self._rows(sample_ids, scores)
         self._check_maps(len(rows), maps, masks)
         if maps is not None:
-            self._add_pixels([_as_map(item) for item in maps], [_as_mask(item) for item in masks])
+            self._add_pixels(_as_batch(maps, _as_map), _as_batch(masks, _as_mask))
         self._record(rows, values, maps, masks)
 
     def merge(self, other: Evaluator) -> ImageEvaluator:
@@ -282,19 +284,15 @@ class ImageEvaluator(Evaluator):
             return None
         self._check_complete()
         labels = self.labels()
-        views = np.array(self.views)
-        lights = np.array(self.illuminations)
-
-        def auroc(selection: np.ndarray) -> float:
-            return _quiet_image_metrics(self.scores[selection], labels[selection])["image_auroc"]
-
+        pairs = list(zip(self.views, self.illuminations))
+        per_pair = grouped_auroc(self.scores, labels, pairs)
+        view_illumination: dict[str, dict[str, float]] = {}
+        for (view, light), value in per_pair.items():
+            view_illumination.setdefault(view, {})[light] = value
         return {
-            "view": {view: auroc(views == view) for view in sorted(set(self.views))},
-            "illumination": {light: auroc(lights == light) for light in sorted(set(self.illuminations))},
-            "view_illumination": {
-                view: {light: auroc((views == view) & (lights == light)) for light in sorted(set(self.illuminations))}
-                for view in sorted(set(self.views))
-            },
+            "view": grouped_auroc(self.scores, labels, self.views),
+            "illumination": grouped_auroc(self.scores, labels, self.illuminations),
+            "view_illumination": view_illumination,
         }
 
 

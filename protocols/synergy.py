@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from protocols.base import IMAGE_METRICS, PIXEL_METRICS, Evaluator, Protocol, _listing, _quiet_image_metrics, image_metrics
+from protocols.base import IMAGE_METRICS, PIXEL_METRICS, Evaluator, Protocol, _listing, grouped_auroc, image_metrics
 
 OBJECT_METRICS = ("object_auroc", "object_ap", "object_f1max")
 VIEW_METRICS = ("view_auroc", "view_ap", "view_f1max")
@@ -180,10 +180,7 @@ class SynergyEvaluator(Evaluator):
 
     def breakdown(self) -> dict[str, Any]:
         views = self.view_instances()
-        return {"view": {
-            name: _quiet_image_metrics(group["score"].to_numpy(), group["label"].to_numpy())["image_auroc"]
-            for (name,), group in sorted(views.group_by("view"), key=lambda item: item[0])
-        }}
+        return {"view": grouped_auroc(views["score"].to_numpy(), views["label"].to_numpy(), views["view"].to_list())}
 
 
 class Synergy(Protocol):

@@ -156,3 +156,34 @@ def test_bounded_shards_read_the_same(tree: Path, original: Path, tmp_path: Path
     located = frame.select("sample_id").join(reference, on="sample_id", how="left", maintain_order="left")
     assert torch.equal(data.read_images(small, frame), data.read_images(original, located))
     assert np.array_equal(data.read_masks(small, frame, "exact"), data.read_masks(original, located, "exact"))
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_prefetch_depth_does_not_change_the_batches(original: Path, prefetch: int) -> None:
+    manifest = data.load_manifest(original)
+    frame = _shuffled(manifest, 30)
+    reference = list(data.iter_batches(original, frame, batch_size=4, with_masks=True, prefetch=2))
+    batches = list(data.iter_batches(original, frame, batch_size=4, with_masks=True, prefetch=prefetch))
+    assert [batch.sample_ids for batch in batches] == [batch.sample_ids for batch in reference]
+    for batch, expected in zip(batches, reference, strict=True):
+        assert torch.equal(batch.images, expected.images) and np.array_equal(batch.masks, expected.masks)
+    with pytest.raises(ValueError, match="prefetch"):
+        next(data.iter_batches(original, frame, prefetch=-1))
+
+
+def test_stopping_early_releases_the_reader(original: Path) -> None:
+    """A consumer that stops after one batch (an exception in a method, a break) leaves no
+    decoding work behind: closing the generator returns at once."""
+    manifest = data.load_manifest(original)
+    batches = data.iter_batches(original, manifest, batch_size=2, with_masks=True, prefetch=3)
+    first = next(batches)
+    assert len(first) == 2
+    batches.close()
+    with pytest.raises(StopIteration):
+        next(batches)
+
+
+def test_a_size_that_disagrees_with_the_manifest_names_the_sample(original: Path) -> None:
+    frame = data.load_manifest(original).head(3).with_columns(pl.lit(9).alias("width"), pl.lit(9).alias("height"))
+    with pytest.raises(ValueError, match=f"{frame['sample_id'][0]}.*differs from the manifest's 9x9"):
+        data.read_images(original, frame)

@@ -11,7 +11,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 from PIL import Image
 from typer.testing import CliRunner

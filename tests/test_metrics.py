@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 
 import numpy as np
@@ -10,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from m2ad.metrics import image_metrics, pixel_metrics, point_metrics
+from m2ad.metrics import PixelMetricAccumulator, grouped_auroc, image_metrics, pixel_metrics, point_metrics
 from m2ad.metrics.binning import bin_codes, bin_scale
-from m2ad.metrics.exact import count_negatives
+from m2ad.metrics.exact import Float16Histogram, count_negatives
 
 # ---------------------------------------------------------------- independent references
 
@@ -262,6 +263,66 @@ def test_non_finite_float16_maps_are_refused() -> None:
     for bad in (np.inf, -np.inf, np.nan):
         with pytest.raises(ValueError, match="NaN or infinite"):
             pixel_metrics([np.array([[0.0, bad]], dtype=np.float16)], [np.array([[0, 1]])])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(width=16, allow_nan=False, allow_infinity=False), min_size=0, max_size=120), st.integers(1, 40))
+def test_float16_histogram_folds_and_merges_exactly(scores: list[float], fold: int) -> None:
+    """Counting in folds of any size, and merging two halves, gives the counts of a brute-force
+    pass; ``values()`` gives the scores back in order (-0.0 as 0.0)."""
+    values = np.array(scores, dtype=np.float16)
+    first, second = Float16Histogram(), Float16Histogram()
+    first.FOLD_VALUES = second.FOLD_VALUES = fold
+    for index, value in enumerate(values):
+        (first if index % 3 else second).add(values[index : index + 1].copy())
+    first.merge(second)
+    assert first.total == values.size
+    assert first.values().astype(np.float64).tolist() == sorted(values.astype(np.float64).tolist())
+    probes = np.unique(np.concatenate([values, np.array([-1.0, 0.0, 1.0], dtype=np.float16)]))
+    below, equal = first.below_and_equal(probes)
+    pooled = values.astype(np.float64)
+    assert below.tolist() == [int(np.sum(pooled < v)) for v in probes.astype(np.float64)]
+    assert equal.tolist() == [int(np.sum(pooled == v)) for v in probes.astype(np.float64)]
+
+
+def test_exact_mode_on_float16_maps_keeps_bounded_state() -> None:
+    """Normal pixels of float16 maps are counted, not kept: after 100 maps of 256 x 256 (12.5 MiB
+    of scores) the pickled accumulator stays near its 512 KiB histogram plus one fold, and the
+    metrics equal those of the same maps in float32 (which are kept whole)."""
+    rng = np.random.default_rng(8)
+    maps = [rng.random((256, 256)).astype(np.float16) for _ in range(100)]
+    masks = [np.zeros((256, 256), dtype=bool) for _ in range(100)]
+    masks[3][10:20, 30:35] = True
+    half, single = PixelMetricAccumulator("exact"), PixelMetricAccumulator("exact")
+    half.update(maps, masks)
+    single.update([m.astype(np.float32) for m in maps], masks)
+    assert len(pickle.dumps(half)) < 3 * 2**20 < len(pickle.dumps(single))
+    assert half.compute() == single.compute()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 5), st.booleans()), min_size=1, max_size=80))
+def test_grouped_auroc_equals_sklearn_per_group(rows: list[tuple[int, int, bool]]) -> None:
+    """Per-group AUROC from one sort equals scikit-learn on each group's images: heavy ties
+    (6 distinct scores), single-class groups (NaN) and tuple keys included."""
+    groups = [("view", group) for group, _, _ in rows]
+    scores = np.array([score / 5 for _, score, _ in rows])
+    labels = np.array([label for _, _, label in rows])
+    result = grouped_auroc(scores, labels, groups)
+    assert list(result) == sorted(set(groups))
+    for key, value in result.items():
+        chosen = np.array([group == key for group in groups])
+        if labels[chosen].all() or not labels[chosen].any():
+            assert np.isnan(value)
+        else:
+            assert value == pytest.approx(roc_auc_score(labels[chosen], scores[chosen]), abs=1e-12)
+
+
+def test_grouped_auroc_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="2 group keys"):
+        grouped_auroc([0.1, 0.2, 0.3], [0, 1, 0], ["a", "b"])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        grouped_auroc([0.1, np.nan], [0, 1], ["a", "a"])
 
 
 def test_point_metrics_pool_ragged_clouds() -> None:

@@ -1,6 +1,7 @@
 """Exact, streaming and compat anomaly-detection metrics: AUROC, AP, F1-max, AUPRO.
 
 * ``image_metrics(scores, labels)`` -> ``image_auroc``, ``image_ap``, ``image_f1max`` (exact);
+* ``grouped_auroc(scores, labels, groups)`` -> image AUROC per group, all groups in one sort;
 * ``pixel_metrics(maps, masks, *, pro_limit=0.3, mode="exact")`` -> ``pixel_auroc``,
   ``pixel_ap``, ``pixel_f1max``, ``aupro``, all pixels of all maps pooled;
 * ``point_metrics(scores, labels)`` -> the same without AUPRO, over ragged point clouds;
@@ -12,7 +13,7 @@ and scipy only.
 """
 
 from m2ad.metrics.accumulator import MODES, PixelMetricAccumulator, UndefinedMetricWarning, all_finite
-from m2ad.metrics.api import image_metrics, map_value_range, pixel_metrics, point_metrics
+from m2ad.metrics.api import grouped_auroc, image_metrics, map_value_range, pixel_metrics, point_metrics
 from m2ad.metrics.streaming import DEFAULT_BINS
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "PixelMetricAccumulator",
     "UndefinedMetricWarning",
     "all_finite",
+    "grouped_auroc",
     "image_metrics",
     "map_value_range",
     "pixel_metrics",

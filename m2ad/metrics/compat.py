@@ -80,8 +80,9 @@ class CompatState:
         self.f1_defects = np.zeros(F1_THRESHOLDS.size + 1, dtype=np.int64)
         self.regions = 0
 
-    def add(self, values: np.ndarray, defect: np.ndarray, weights: np.ndarray, regions: int) -> None:
-        """Add one sample: flat finite ``values``, flat boolean ``defect``, positive pixels' weights."""
+    def add(self, values: np.ndarray, defect: np.ndarray | None, weights: np.ndarray, regions: int) -> None:
+        """Add scores: flat finite ``values``, flat boolean ``defect`` (None: no defect pixel),
+        the positive pixels' weights."""
         values = values.astype(np.float32, copy=False)
         self.regions += regions
         strips = count_edges_below(values, self.edges, inclusive=True)
@@ -92,7 +93,7 @@ class CompatState:
         else:  # M2AD divides by zero here: every normalised value is NaN, never above a threshold
             above = np.zeros(values.size, dtype=np.intp)
         self.f1_counts += np.bincount(above, minlength=F1_THRESHOLDS.size + 1)
-        if defect.any():
+        if defect is not None and defect.any():
             self.defects += np.bincount(strips[defect], minlength=STRIPS + 2)
             self.weights += np.bincount(
                 strips[defect], weights=weights.astype(np.float32), minlength=STRIPS + 2

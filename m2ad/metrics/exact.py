@@ -52,7 +52,10 @@ def count_negatives(
     if total == 0 or values.size == 0:
         return np.zeros(values.size, dtype=np.int64), np.zeros(values.size, dtype=np.int64)
     if values.dtype == np.float16:
-        return _count_float16_negatives(negatives, values)
+        histogram = Float16Histogram()
+        for chunk in negatives:
+            histogram.add(chunk)
+        return histogram.below_and_equal(values)
     bins = _refine_bins(total)
     dtype = values.dtype
     low_value, scale = dtype.type(low), bin_scale(low, high, bins, dtype)
@@ -97,18 +100,76 @@ ZERO_KEY = 0x8000
 """The key of 0.0; -0.0 gets ``ZERO_KEY - 1``."""
 
 
-def _count_float16_negatives(negatives: list[np.ndarray], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``count_negatives`` for float16 scores: exact counts per value, from one key histogram."""
-    per_key = np.zeros(FLOAT16_KEYS, dtype=np.int64)
-    for group in _groups(negatives, 16 * FLOAT16_KEYS):  # one bincount per group, as in count_negatives
-        keys = np.concatenate([float16_keys(chunk) for chunk in group])
-        per_key += np.bincount(keys.astype(np.intp), minlength=FLOAT16_KEYS)  # intp: bincount's fast path
-    per_key[ZERO_KEY] += per_key[ZERO_KEY - 1]  # -0.0 == 0.0
-    per_key[ZERO_KEY - 1] = 0
-    below_key = np.cumsum(per_key) - per_key
-    keys = float16_keys(values).astype(np.intp)
-    keys[keys == ZERO_KEY - 1] = ZERO_KEY
-    return below_key[keys], per_key[keys]
+def _bits_in_key_order() -> np.ndarray:
+    """The float16 bit pattern of each key (the inverse of ``float16_keys``)."""
+    keys = np.arange(FLOAT16_KEYS, dtype=np.int64)
+    return np.where(keys >= ZERO_KEY, keys - ZERO_KEY, 0xFFFF - keys).astype(np.intp)
+
+
+class Float16Histogram:
+    """Exact counts of float16 scores per value, in 512 KiB whatever the number of scores.
+
+    Scores are counted per bit pattern (one ``bincount`` of the raw bits, no key transform),
+    then read in key order when queried.  Small chunks are held (copied) until about 2^20
+    values are pending: one ``bincount`` per small chunk would spend its time zeroing and adding
+    65536 mostly empty counts.
+    """
+
+    FOLD_VALUES = 16 * FLOAT16_KEYS
+    BITS_IN_KEY_ORDER = _bits_in_key_order()
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(FLOAT16_KEYS, dtype=np.int64)  # per bit pattern
+        self.total = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_values = 0
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Count a 1-D float16 chunk of finite scores (counted now when large, else copied)."""
+        self.total += chunk.size
+        if chunk.size >= self.FOLD_VALUES // 2:
+            self._count(chunk)
+            return
+        self._pending.append(chunk.copy())
+        self._pending_values += chunk.size
+        if self._pending_values >= self.FOLD_VALUES:
+            self._fold()
+
+    def merge(self, other: Float16Histogram) -> None:
+        """Add ``other``'s counts."""
+        other._fold()
+        self.counts += other.counts
+        self.total += other.total
+
+    def _count(self, chunk: np.ndarray) -> None:
+        bits = chunk.view(np.uint16).astype(np.intp)  # intp: bincount's fast path
+        self.counts += np.bincount(bits, minlength=FLOAT16_KEYS)
+
+    def _fold(self) -> None:
+        if self._pending:
+            self._count(np.concatenate(self._pending))
+            self._pending, self._pending_values = [], 0
+
+    def _counts_in_key_order(self) -> np.ndarray:
+        """Counts per key (increasing value), -0.0 counted as 0.0."""
+        self._fold()
+        per_key = self.counts[self.BITS_IN_KEY_ORDER]
+        per_key[ZERO_KEY] += per_key[ZERO_KEY - 1]
+        per_key[ZERO_KEY - 1] = 0
+        return per_key
+
+    def below_and_equal(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For float16 ``values``: how many counted scores are ``< v`` and ``== v``, for each ``v``."""
+        per_key = self._counts_in_key_order()
+        below_key = np.cumsum(per_key) - per_key
+        keys = float16_keys(values).astype(np.intp)
+        keys[keys == ZERO_KEY - 1] = ZERO_KEY
+        return below_key[keys], per_key[keys]
+
+    def values(self) -> np.ndarray:
+        """Every counted score, in increasing order (to pool them with scores of a wider dtype)."""
+        bits = self.BITS_IN_KEY_ORDER.astype(np.uint16)
+        return np.repeat(bits.view(np.float16), self._counts_in_key_order())
 
 
 def _groups(chunks: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
@@ -129,7 +190,7 @@ def _groups(chunks: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
 
 
 def exact_curve(
-    negatives: list[np.ndarray],
+    negatives: list[np.ndarray] | Float16Histogram,
     positives: np.ndarray,
     weights: np.ndarray,
     regions: int,
@@ -138,10 +199,11 @@ def exact_curve(
 ) -> Curve:
     """The full threshold curve of the pooled scores (see the module docstring).
 
-    ``negatives``: 1-D chunks of negative scores; ``positives``: the positive scores with their
-    PRO ``weights`` (1/|region|); all in one floating dtype, bounded by ``low`` and ``high``.
+    ``negatives``: 1-D chunks of negative scores, or their histogram when they are float16;
+    ``positives``: the positive scores with their PRO ``weights`` (1/|region|); all in one
+    floating dtype, bounded by ``low`` and ``high``.
     """
-    n_negatives = sum(chunk.size for chunk in negatives)
+    n_negatives = negatives.total if isinstance(negatives, Float16Histogram) else sum(chunk.size for chunk in negatives)
     if positives.size == 0:
         zero = np.zeros(1, dtype=np.int64)
         return Curve(np.array([n_negatives]), zero, np.zeros(1), n_negatives, 0, regions)
@@ -151,7 +213,10 @@ def exact_curve(
     values = ordered[starts]
     counts = np.diff(np.concatenate([starts, [ordered.size]]))
     weight_sums = np.add.reduceat(weights[order], starts)
-    below, equal = count_negatives(negatives, values, low, high)
+    if isinstance(negatives, Float16Histogram):
+        below, equal = negatives.below_and_equal(values)
+    else:
+        below, equal = count_negatives(negatives, values, low, high)
     # Thresholds in decreasing order: the highest positive score first.
     fp_after = (n_negatives - below)[::-1]
     fp_before = fp_after - equal[::-1]
@@ -174,43 +239,55 @@ def exact_curve(
 
 
 class ExactState:
-    """Every score, split into negatives and positives (with PRO weights): O(pixels) memory."""
+    """Every score, split into negatives and positives (with PRO weights).  float16 negatives
+    are counted per value as they come (``Float16Histogram``), so with float16 maps the memory
+    is that of the positive pixels only; other dtypes keep every negative (O(pixels))."""
 
     def __init__(self) -> None:
         self.negatives: list[np.ndarray] = []
+        self.float16_negatives = Float16Histogram()
         self.positives: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
         self.regions = 0
 
-    def add(self, values: np.ndarray, defect: np.ndarray, weights: np.ndarray, regions: int) -> None:
-        """Add one sample: flat finite ``values``, flat boolean ``defect``, positive pixels' weights."""
+    def add(self, values: np.ndarray, defect: np.ndarray | None, weights: np.ndarray, regions: int) -> None:
+        """Add scores: flat finite ``values``, flat boolean ``defect`` (None: no defect pixel),
+        the positive pixels' weights."""
         if values.size == 0:
             return
-        if regions or defect.any():
-            self.negatives.append(values[~defect])
+        if defect is not None and (regions or defect.any()):
+            negatives = values[~defect]
             self.positives.append(values[defect])
             self.weights.append(weights)
         else:
-            self.negatives.append(values.copy())
+            negatives = values
+        if negatives.dtype == np.float16:
+            self.float16_negatives.add(negatives)
+        else:
+            self.negatives.append(negatives.copy() if negatives is values else negatives)
         self.regions += regions
 
     def merge(self, other: ExactState) -> None:
         """Pool ``other``'s scores into this state."""
         self.negatives += other.negatives
+        self.float16_negatives.merge(other.float16_negatives)
         self.positives += other.positives
         self.weights += other.weights
         self.regions += other.regions
 
     def curve(self) -> Curve:
         """The exact threshold curve of everything added so far."""
-        if not self.negatives:
+        if not self.negatives and not self.float16_negatives.total:
             return Curve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1), 0, 0, 0)
-        dtype = np.result_type(*(chunk.dtype for chunk in self.negatives + self.positives))
-        negatives = [chunk.astype(dtype, copy=False) for chunk in self.negatives]
+        dtypes = [chunk.dtype for chunk in self.negatives + self.positives]
+        dtype = np.result_type(*dtypes, *([np.float16] if self.float16_negatives.total else []))
         positives = np.concatenate([chunk.astype(dtype, copy=False) for chunk in self.positives] or [np.zeros(0, dtype)])
         weights = np.concatenate(self.weights or [np.zeros(0)])
-        if dtype == np.float16:  # counted per value (count_negatives): no range needed
-            return exact_curve(negatives, positives, weights, self.regions, 0.0, 0.0)
+        if dtype == np.float16:  # counted per value: no range needed
+            return exact_curve(self.float16_negatives, positives, weights, self.regions, 0.0, 0.0)
+        negatives = [chunk.astype(dtype, copy=False) for chunk in self.negatives]
+        if self.float16_negatives.total:  # maps of mixed dtypes: pool the float16 ones as values
+            negatives.append(self.float16_negatives.values().astype(dtype))
         chunks = [chunk for chunk in [*negatives, positives] if chunk.size] or [np.zeros(1, dtype)]
         low, high = min(float(c.min()) for c in chunks), max(float(c.max()) for c in chunks)
         return exact_curve(negatives, positives, weights, self.regions, low, high)

@@ -37,8 +37,9 @@ class HistogramState:
         self._pending: list[np.ndarray] = []  # codes not yet counted, fewer than bins // 2
         self._pending_size = 0
 
-    def add(self, values: np.ndarray, defect: np.ndarray, weights: np.ndarray, regions: int) -> None:
-        """Add one sample: flat finite ``values``, flat boolean ``defect``, positive pixels' weights."""
+    def add(self, values: np.ndarray, defect: np.ndarray | None, weights: np.ndarray, regions: int) -> None:
+        """Add scores: flat finite ``values``, flat boolean ``defect`` (None: no defect pixel),
+        the positive pixels' weights."""
         if values.size == 0:
             return
         codes = bin_codes(values.astype(np.float32, copy=False), self._low32, self._scale32, self.bins)
@@ -46,7 +47,7 @@ class HistogramState:
         self._pending_size += codes.size
         if self._pending_size >= self.bins // 2:
             self._flush()
-        if regions or defect.any():
+        if defect is not None and (regions or defect.any()):
             bins, inverse = np.unique(codes[defect], return_inverse=True)
             self.defects[bins] += np.bincount(inverse)
             self.weights[bins] += np.bincount(inverse, weights=weights)
