@@ -268,14 +268,17 @@ def test_non_finite_float16_maps_are_refused() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(width=16, allow_nan=False, allow_infinity=False), min_size=0, max_size=120), st.integers(1, 40))
 def test_float16_histogram_folds_and_merges_exactly(scores: list[float], fold: int) -> None:
-    """Counting in folds of any size, and merging two halves, gives the counts of a brute-force
-    pass; ``values()`` gives the scores back in order (-0.0 as 0.0)."""
+    """Counting in folds or blocks of any size, and merging two parts, gives the counts of a
+    brute-force pass; ``values()`` gives the scores back in order (-0.0 as 0.0)."""
     values = np.array(scores, dtype=np.float16)
-    first, second = Float16Histogram(), Float16Histogram()
+    first, second, whole = Float16Histogram(), Float16Histogram(), Float16Histogram()
     first.FOLD_VALUES = second.FOLD_VALUES = fold
+    whole.COUNT_BLOCK = fold  # one chunk counted in blocks of any size
     for index, value in enumerate(values):
         (first if index % 3 else second).add(values[index : index + 1].copy())
     first.merge(second)
+    whole._count(values)
+    assert whole.values().tobytes() == first.values().tobytes()
     assert first.total == values.size
     assert first.values().astype(np.float64).tolist() == sorted(values.astype(np.float64).tolist())
     probes = np.unique(np.concatenate([values, np.array([-1.0, 0.0, 1.0], dtype=np.float16)]))

@@ -264,3 +264,33 @@ def test_compat_constant_maps_predict_nothing_like_m2ad() -> None:
         warnings.simplefilter("ignore", RuntimeWarning)  # M2AD's 0/0 normalisation
         expected = m2ad_pixel_f1(maps, masks)
     assert pixel_metrics(maps, masks, mode="compat")["pixel_f1max"] == pytest.approx(expected, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 6), st.integers(1, 5), st.integers(1, 5), st.integers(0, 2**32 - 1),
+    st.sampled_from(["exact", "streaming", "compat"]), st.sampled_from([np.float16, np.float32]),
+)
+def test_a_batch_array_scores_like_its_maps_one_by_one(count: int, height: int, width: int, seed: int, mode: str, dtype: type) -> None:
+    """The (B, H, W) fast path (one chunk of pixels per batch) equals feeding the maps one by one:
+    tied scores, normal-only and defect-only maps, several batches."""
+    rng = np.random.default_rng(seed)
+    maps = rng.choice(np.array([-1.0, 0.0, 0.25, 3.0], dtype=dtype), size=(count, height, width))
+    masks = rng.random((count, height, width)) < rng.choice([0.0, 0.3, 1.0], size=(count, 1, 1))
+    masks[0, 0, 0], maps[-1, -1, -1] = True, dtype(7.0)  # some defect, and a range for the binned modes
+    low, high = map_value_range(list(maps))
+    value_range = (low, high + 1.0) if mode == "streaming" and low == high else (low, high)
+    one_by_one, batched = (PixelMetricAccumulator(mode, value_range=None if mode == "exact" else value_range) for _ in range(2))
+    one_by_one.update(list(maps), list(masks))
+    split = count // 2
+    batched.update(maps[:split], masks[:split])
+    batched.update(maps[split:], masks[split:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        expected, result = one_by_one.compute(), batched.compute()
+    assert batched.samples == one_by_one.samples == count
+    for key in KEYS:
+        if np.isnan(expected[key]):
+            assert np.isnan(result[key])
+        else:
+            assert result[key] == pytest.approx(expected[key], abs=1e-12 if mode != "exact" else 0.0)

@@ -41,8 +41,10 @@ def as_score_array(value: object, index: int, *, keep_float16: bool = False) -> 
 def all_finite(values: np.ndarray) -> bool:
     """True when no value is NaN or infinite (float16 read from its exponent bits: NumPy's
     float16 reductions are slow)."""
+    if values.size == 0:
+        return True
     if values.dtype == np.float16:  # all exponent bits set means inf or NaN
-        return values.size == 0 or int((values.view(np.uint16) & 0x7C00).max()) != 0x7C00
+        return int((values.view(np.uint16) & 0x7C00).max()) != 0x7C00
     return bool(np.isfinite(values.min()) and np.isfinite(values.max()))
 
 
@@ -151,22 +153,16 @@ class PixelMetricAccumulator:
             self.samples += 1
 
     def _update_batch(self, maps: np.ndarray, masks: np.ndarray) -> None:
-        """``update`` for a (B, H, W) batch of maps and masks, with the per-map work done once
-        per batch: the maps without defect pixels enter as one chunk (the metrics pool pixels,
-        so the order of maps does not change them)."""
+        """``update`` for a (B, H, W) batch of maps and masks, added as one chunk of pixels:
+        the metrics pool pixels, so only the PRO regions need the maps one by one."""
         values = as_score_array(maps, self.samples, keep_float16=self.mode == "exact")
         defect = as_defect_mask(masks, self.samples)
         if not all_finite(values):
             first = next(index for index in range(len(values)) if not all_finite(values[index]))
             raise ValueError(f"map {self.samples + first} contains NaN or infinite values")
-        with_defects = defect.any(axis=(1, 2))
-        if not with_defects.any():
-            self._state.add(values.reshape(-1), None, np.zeros(0), 0)
-        elif not with_defects.all():
-            self._state.add(values[~with_defects].reshape(-1), None, np.zeros(0), 0)
-        for index in np.flatnonzero(with_defects):
-            weights, count = region_weights(defect[index])
-            self._state.add(values[index].ravel(), defect[index].ravel(), weights, count)
+        regions = [region_weights(defect[index]) for index in np.flatnonzero(defect.any(axis=(1, 2)))]
+        weights = np.concatenate([item[0] for item in regions]) if regions else np.zeros(0)  # row-major, map after map
+        self._state.add(values.reshape(-1), defect.reshape(-1) if regions else None, weights, sum(item[1] for item in regions))
         self.samples += len(values)
 
     def merge(self, other: PixelMetricAccumulator) -> PixelMetricAccumulator:

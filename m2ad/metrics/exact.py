@@ -116,6 +116,7 @@ class Float16Histogram:
     """
 
     FOLD_VALUES = 16 * FLOAT16_KEYS
+    COUNT_BLOCK = 1 << 18
     BITS_IN_KEY_ORDER = _bits_in_key_order()
 
     def __init__(self) -> None:
@@ -135,6 +136,11 @@ class Float16Histogram:
         if self._pending_values >= self.FOLD_VALUES:
             self._fold()
 
+    def remove(self, chunk: np.ndarray) -> None:
+        """Uncount scores added before (the defect pixels of a map added whole)."""
+        np.subtract.at(self.counts, chunk.view(np.uint16), 1)
+        self.total -= chunk.size
+
     def merge(self, other: Float16Histogram) -> None:
         """Add ``other``'s counts."""
         other._fold()
@@ -142,8 +148,14 @@ class Float16Histogram:
         self.total += other.total
 
     def _count(self, chunk: np.ndarray) -> None:
-        bits = chunk.view(np.uint16).astype(np.intp)  # intp: bincount's fast path
-        self.counts += np.bincount(bits, minlength=FLOAT16_KEYS)
+        """Count in blocks of 2^18 values, widened to intp (``bincount``'s fast path) in one
+        reused, cache-sized buffer rather than one array as large as the chunk."""
+        bits = chunk.reshape(-1).view(np.uint16)
+        buffer = np.empty(min(bits.size, self.COUNT_BLOCK), dtype=np.intp)
+        for start in range(0, bits.size, self.COUNT_BLOCK):
+            block = buffer[: min(self.COUNT_BLOCK, bits.size - start)]
+            block[...] = bits[start : start + block.size]
+            self.counts += np.bincount(block, minlength=FLOAT16_KEYS)
 
     def _fold(self) -> None:
         if self._pending:
@@ -255,16 +267,18 @@ class ExactState:
         the positive pixels' weights."""
         if values.size == 0:
             return
-        if defect is not None and (regions or defect.any()):
-            negatives = values[~defect]
+        with_defects = defect is not None and bool(regions or defect.any())
+        if values.dtype == np.float16:  # count every pixel, then uncount the few defect ones
+            self.float16_negatives.add(values)
+            if with_defects:
+                self.float16_negatives.remove(values[defect])
+        elif with_defects:
+            self.negatives.append(values[~defect])
+        else:
+            self.negatives.append(values.copy())
+        if with_defects:
             self.positives.append(values[defect])
             self.weights.append(weights)
-        else:
-            negatives = values
-        if negatives.dtype == np.float16:
-            self.float16_negatives.add(negatives)
-        else:
-            self.negatives.append(negatives.copy() if negatives is values else negatives)
         self.regions += regions
 
     def merge(self, other: ExactState) -> None:
@@ -277,7 +291,7 @@ class ExactState:
 
     def curve(self) -> Curve:
         """The exact threshold curve of everything added so far."""
-        if not self.negatives and not self.float16_negatives.total:
+        if not self.negatives and not self.positives and not self.float16_negatives.total:
             return Curve(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1), 0, 0, 0)
         dtypes = [chunk.dtype for chunk in self.negatives + self.positives]
         dtype = np.result_type(*dtypes, *([np.float16] if self.float16_negatives.total else []))
