@@ -631,8 +631,10 @@ def _start_ray(config: RunConfig) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RunError(f"cannot join the Ray cluster at {config.ray_address}: {error}") from None
         return True
-    # A cluster we start ourselves serves this machine only: keep every socket on loopback.
+    # A cluster we start ourselves serves this machine only: keep every socket on loopback,
+    # where Ray's token authentication (and its token file in ~/.ray) guards nothing.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
         num_cpus=config.local_num_cpus,
         num_gpus=config.local_num_gpus,
