@@ -49,9 +49,10 @@ SCHEMA = pa.schema(
         ("map_width", pa.int32()),
     ]
 )
-ROW_GROUP_BYTES = 64 * 2**20
-"""The writer flushes a row group once its buffered maps reach this many bytes, so that
-writing and reading keep at most about this much map data in memory."""
+ROW_GROUP_BYTES = 4 * 2**20
+"""The writer writes a row group once it holds this many bytes of maps; a batch at least this
+large is written at once as its own row group, without being copied.  Reading keeps about one
+row group in memory."""
 SIZE_SLACK_BYTES = 4 * 2**20
 SIZE_FACTOR = 1.5
 """Validation refuses a file larger than ``SIZE_FACTOR`` x (expected map bytes + 256 bytes per
@@ -169,7 +170,10 @@ class PredictionsWriter:
         bad_scores = [ids[index] for index in np.flatnonzero(~np.isfinite(score_array))]
         if bad_scores:
             problems["NaN or inf scores"] = bad_scores
-        encoded, heights, widths = self._encode_maps(ids, maps, problems)
+        map_values = maps.size if isinstance(maps, np.ndarray) else sum(np.size(item) for item in maps or [])
+        map_bytes = map_values * self._dtype.itemsize
+        held = bool(self._pending) or map_bytes < self._row_group_bytes  # kept past this call
+        encoded, heights, widths = self._encode_maps(ids, maps, problems, owned=held)
         if problems:
             raise PredictionsError(None, problems)
         self._seen.update(ids)
@@ -178,14 +182,18 @@ class PredictionsWriter:
              pa.array(heights, pa.int32()), pa.array(widths, pa.int32())],
             schema=self._schema,
         )
+        self.num_rows += len(ids)
+        if not held:
+            self._writer.write_batch(batch)
+            return
         self._pending.append(batch)
         self._pending_bytes += batch.nbytes
-        self.num_rows += len(ids)
         if self._pending_bytes >= self._row_group_bytes:
             self._flush()
 
-    def _encode_maps(self, ids: list[str], maps: np.ndarray | Sequence[np.ndarray] | None,
-                     problems: dict[str, list[str]]) -> tuple[pa.Array, list[int | None], list[int | None]]:
+    def _encode_maps(self, ids: list[str], maps: np.ndarray | Sequence[np.ndarray] | None, problems: dict[str, list[str]],
+                     owned: bool) -> tuple[pa.Array, list[int | None], list[int | None]]:
+        """The map column of a batch (``owned``: in memory of its own, not the caller's)."""
         has_maps = maps is not None
         if self._has_maps is not None and has_maps != self._has_maps:
             raise PredictionsError(None, {"maps present for some rows only": [
@@ -196,11 +204,11 @@ class PredictionsWriter:
         if len(maps) != len(ids):
             raise PredictionsError(None, {"length mismatch": [f"{len(ids)} ids but {len(maps)} maps"]})
         if isinstance(maps, np.ndarray) and maps.ndim == 3 and maps.dtype.kind in "fiub" and maps.size:
-            # a batch array: converted and checked at once, stored with one copy (any problem is
-            # then found and reported per map below)
+            # a batch array: converted and checked at once, copied only when kept (any problem
+            # is then found and reported per map below)
             stored = as_map_dtype(maps, self.map_dtype)
-            if stored is maps or not stored.flags.c_contiguous:
-                stored = np.array(stored, order="C")  # our own copy: the caller may reuse its array
+            if (owned and stored is maps) or not stored.flags.c_contiguous:
+                stored = np.array(stored, order="C")
             count, height, width = stored.shape
             if all_finite(stored) and stored.nbytes < 2**31:
                 offsets = np.arange(count + 1, dtype=np.int32) * (height * width * stored.itemsize)

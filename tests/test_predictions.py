@@ -108,6 +108,24 @@ def test_streaming_writer_bounds_row_groups_and_reads_back_in_order(tmp_path: Pa
     assert [path.name] == [item.name for item in tmp_path.iterdir()]  # no temporary left behind
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_writer_keeps_no_reference_to_the_callers_maps(tmp_path: Path, dtype: str) -> None:
+    """A method may reuse its output array for the next batch: small batches (held until the row
+    group fills) and large ones (written at once) both store the values given at write time."""
+    path = tmp_path / "p.parquet"
+    buffer = np.zeros((2, H, W), dtype=dtype)
+    with P.PredictionsWriter(path, map_dtype=dtype, row_group_bytes=3 * H * W * np.dtype(dtype).itemsize) as writer:
+        for start in range(0, 6, 2):  # held, then a row group, then held until close
+            buffer[...] = start
+            writer.write_batch(IDS[start:start + 2], [start, start + 1], buffer)
+        big = np.full((4, H, W), 7.0, dtype=dtype)  # one batch over the row-group size: written at once
+        writer.write_batch(IDS[6:10], [7.0] * 4, big)
+        buffer[...] = -1.0
+        big[...] = -1.0
+    stored = P.read(path).lookup(IDS[:10]).maps
+    assert [float(m.mean()) for m in stored] == [0.0, 0.0, 2.0, 2.0, 4.0, 4.0, 7.0, 7.0, 7.0, 7.0]
+
+
 def test_writer_publishes_nothing_on_error_or_kill(tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     with pytest.raises(RuntimeError):
