@@ -108,28 +108,24 @@ def _uniform_size(frame: pl.DataFrame) -> tuple[int, int]:
 
 class _EncodedColumn:
     """The encoded bytes of one image column (``struct<bytes, path>``) of a memory-mapped Arrow
-    table, handed out as zero-copy views: no Arrow ``take``, no Python ``bytes`` per row."""
+    table, as one zero-copy view per row: no Arrow ``take``, no Python ``bytes`` per read."""
 
     def __init__(self, column: pa.ChunkedArray) -> None:
-        self.rows = len(column)
-        self._starts = np.cumsum([0, *(len(chunk) for chunk in column.chunks)])
-        self._chunks: list[tuple[np.ndarray, memoryview, np.ndarray]] = []
+        self._views: list[memoryview | None] = []
         for chunk in column.chunks:
             values = pc.struct_field(chunk, "bytes")
             offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
             _, offsets, data = values.buffers()
-            bounds = np.frombuffer(offsets, dtype=offset_type)[values.offset : values.offset + len(values) + 1]
-            present = ~values.is_null().to_numpy(zero_copy_only=False)
-            self._chunks.append((bounds, memoryview(data if data is not None else b""), present))
+            bounds = np.frombuffer(offsets, dtype=offset_type)[values.offset : values.offset + len(values) + 1].tolist()
+            present = values.is_valid().to_pylist()
+            stored = memoryview(data if data is not None else b"")
+            self._views += [stored[bounds[row] : bounds[row + 1]] if present[row] else None for row in range(len(values))]
 
     def __getitem__(self, row: int) -> memoryview | None:
         """The bytes stored at ``row`` (``None`` where null)."""
-        if not 0 <= row < self.rows:
-            raise IndexError(f"row {row} is outside the shard's {self.rows} rows")
-        chunk = int(np.searchsorted(self._starts, row, side="right")) - 1
-        bounds, data, present = self._chunks[chunk]
-        local = row - int(self._starts[chunk])
-        return data[bounds[local] : bounds[local + 1]] if present[local] else None
+        if not 0 <= row < len(self._views):
+            raise IndexError(f"row {row} is outside the shard's {len(self._views)} rows")
+        return self._views[row]
 
 
 @dataclass
