@@ -137,16 +137,17 @@ class _PendingBatch:
     masks: np.ndarray | None
     futures: list[Future[None]]
 
-    def result(self) -> LoadedBatch:
-        """Wait for every sample (re-raising the first decoding error) and return the batch."""
+    def wait(self) -> _PendingBatch:
+        """Wait for every sample, re-raising the first decoding error."""
         for future in self.futures:
             future.result()
-        return LoadedBatch(
-            sample_ids=self.frame["sample_id"].to_list(),
-            images=torch.from_numpy(self.images) if self.images is not None else torch.empty(0, dtype=torch.uint8),
-            masks=self.masks,
-            frame=self.frame,
-        )
+        return self
+
+    def loaded(self) -> LoadedBatch:
+        """The finished batch, images included (waits for it)."""
+        self.wait()
+        assert self.images is not None
+        return LoadedBatch(self.frame["sample_id"].to_list(), torch.from_numpy(self.images), self.masks, self.frame)
 
 
 class ShardReader:
@@ -188,9 +189,9 @@ class ShardReader:
         _check_frame(frame)
         return [self._column(shard_dir, column)[row] for shard_dir, row in zip(frame["shard_dir"].to_list(), frame["shard_row"].to_list())]
 
-    def submit(self, frame: pl.DataFrame, *, with_images: bool = True, mask_rule: str | None = None) -> _PendingBatch:
+    def _submit(self, frame: pl.DataFrame, *, with_images: bool = True, mask_rule: str | None = None) -> _PendingBatch:
         """Start decoding the rows of ``frame`` (images, and masks under ``mask_rule`` unless it
-        is None); ``.result()`` of the returned object waits and gives the :class:`LoadedBatch`."""
+        is None) in the threads; ``wait()`` on the result for the arrays."""
         if mask_rule is not None and mask_rule not in MASK_RULES:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
         height, width = _uniform_size(frame) if frame.height else (0, 0)
@@ -222,16 +223,18 @@ class ShardReader:
 
     def images(self, frame: pl.DataFrame) -> torch.Tensor:
         """The images of ``frame`` as one uint8 tensor (B, 3, H, W), in frame order."""
-        return self.submit(frame).result().images
+        pending = self._submit(frame).wait()
+        assert pending.images is not None
+        return torch.from_numpy(pending.images)
 
     def masks(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray:
         """The masks of ``frame`` under ``mask_rule`` as bool (B, H, W); all False where a
         sample has none.  A pixel is foreground where the mask's luminance is non-zero."""
         if mask_rule not in MASK_RULES:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
-        masks = self.submit(frame, with_images=False, mask_rule=mask_rule).result().masks
-        assert masks is not None
-        return masks
+        pending = self._submit(frame, with_images=False, mask_rule=mask_rule).wait()
+        assert pending.masks is not None
+        return pending.masks
 
 
 def _check_size(image: Image.Image, width: int, height: int) -> None:
@@ -265,11 +268,11 @@ def iter_batches(
     with ShardReader(root, threads=threads) as reader:
         pending: deque[_PendingBatch] = deque()
         for start in range(0, frame.height, batch_size):
-            pending.append(reader.submit(frame.slice(start, batch_size), mask_rule=mask_rule if with_masks else None))
+            pending.append(reader._submit(frame.slice(start, batch_size), mask_rule=mask_rule if with_masks else None))
             if len(pending) > prefetch:
-                yield pending.popleft().result()
+                yield pending.popleft().loaded()
         while pending:
-            yield pending.popleft().result()
+            yield pending.popleft().loaded()
 
 
 def read_images(root: str | Path, frame: pl.DataFrame, *, threads: int | None = None) -> torch.Tensor:
