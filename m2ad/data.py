@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path

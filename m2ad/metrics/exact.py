@@ -267,17 +267,17 @@ class ExactState:
         the positive pixels' weights."""
         if values.size == 0:
             return
-        with_defects = defect is not None and bool(regions or defect.any())
+        positives = values[defect] if defect is not None and (regions or defect.any()) else None
         if values.dtype == np.float16:  # count every pixel, then uncount the few defect ones
             self.float16_negatives.add(values)
-            if with_defects:
-                self.float16_negatives.remove(values[defect])
-        elif with_defects:
+            if positives is not None:
+                self.float16_negatives.remove(positives)
+        elif positives is not None:
             self.negatives.append(values[~defect])
         else:
             self.negatives.append(values.copy())
-        if with_defects:
-            self.positives.append(values[defect])
+        if positives is not None:
+            self.positives.append(positives)
             self.weights.append(weights)
         self.regions += regions
 
