@@ -7,7 +7,10 @@ checked before anything is read or written:
 - it is a regular file or a folder: no device, FIFO or socket, no zip symlink entry, and tar
   links only when they point inside the target;
 - the archive's total uncompressed size stays under ``max_ratio`` times the archive's size on
-  disk (zip and tar-compression bombs), and zip members never yield more than they declare.
+  disk (zip and tar-compression bombs), and zip members never yield more than they declare;
+- a zip member is read as a stream (:meth:`ZipSource.open`) with a running size cap
+  (``max_member_bytes``): reading past it raises, and no read ever allocates more than the
+  member's declared size, so a member just under the ratio cap is never held whole.
 
 :class:`ZipSource` exposes the members of several zips as one release tree (the ``TreeSource``
 contract of :mod:`m2ad.shard`), reading them straight out of the zips so that no extracted
@@ -18,6 +21,7 @@ atomically, for datasets whose archives cannot be read in place.
 from __future__ import annotations
 
 import gzip
+import io
 import lzma
 import os
 import shutil
@@ -27,12 +31,19 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from m2ad import ownership
 
 DEFAULT_MAX_RATIO = 200.0
 """Largest accepted ratio of total uncompressed size to archive size.  Real datasets stay far
 below it (PNG zips are about 1:1, JSON about 1:30); a deflate bomb needs about 1000:1."""
+
+DEFAULT_MAX_MEMBER_BYTES = 1 << 30
+"""Largest zip member that :class:`ZipSource` reads (1 GiB).  Dataset members are images of a
+few MB and meta JSON files of tens of MB; a larger one is refused as it is being read."""
 
 _COPY_CHUNK = 1 << 20
 
@@ -101,19 +112,57 @@ def safe_zip_members(zip_file: zipfile.ZipFile, archive: Path, max_ratio: float)
     return files
 
 
+class MemberStream(io.RawIOBase):
+    """A zip member as a readable (and seekable) binary stream that stops at ``limit`` bytes:
+    a read that would go past it raises :class:`UnsafeArchiveError`, after at most ``limit``
+    bytes have been decompressed."""
+
+    def __init__(self, member: BinaryIO, limit: int, name: str) -> None:
+        super().__init__()
+        self._member = member
+        self._limit = limit
+        self._name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._member.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._member.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._member.tell()
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        room = self._limit + 1 - self._member.tell()
+        data = self._member.read(max(0, min(len(buffer), room)))
+        if self._member.tell() > self._limit:
+            raise UnsafeArchiveError(f"{self._name} holds more than {self._limit:,} B; refusing to read it (a possible decompression bomb)")
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._member.close()
+        super().close()
+
+
 class ZipSource:
     """The members of one or more zips as one release tree, read without extraction.
 
     M2AD's Hub files ``jsons.zip`` and ``<Category>.zip`` unpack to ``jsons/...`` and
     ``<Category>/{Good,NG,GT}/...``; ``ZipSource([jsons, bird])`` lists exactly those paths.
     Every member of every zip is validated when the source is created.  The source can be
-    pickled to worker processes: each process reopens the zips on first read.
+    pickled or forked to worker processes: each process reopens the zips on first read.
     """
 
-    def __init__(self, zips: Sequence[str | Path], *, max_ratio: float = DEFAULT_MAX_RATIO) -> None:
+    def __init__(self, zips: Sequence[str | Path], *, max_ratio: float = DEFAULT_MAX_RATIO,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> None:
         if not zips:
             raise ValueError("ZipSource needs at least one zip file")
         self.zips = [Path(path) for path in zips]
+        self.max_member_bytes = max_member_bytes
         self._members: dict[str, tuple[int, zipfile.ZipInfo]] = {}
         for index, path in enumerate(self.zips):
             if not path.is_file():
@@ -129,22 +178,34 @@ class ZipSource:
                     raise UnsafeArchiveError(f"{name!r} is in both {other} and {path}")
                 self._members[name] = (index, info)
         self._open: dict[int, zipfile.ZipFile] = {}
+        self._opened_in = os.getpid()
 
     def list_files(self) -> list[str]:
         """Relative POSIX paths of every regular file, sorted."""
         return sorted(self._members)
 
-    def read_bytes(self, path: str) -> bytes:
-        """The content of member ``path``; a corrupted member raises ``zipfile.BadZipFile``."""
+    def open(self, path: str) -> MemberStream:
+        """Member ``path`` as a stream capped at ``max_member_bytes`` (a larger declared size
+        is refused at once); a corrupted member raises ``zipfile.BadZipFile`` when read."""
         try:
             index, info = self._members[path]
         except KeyError:
             raise FileNotFoundError(f"{path!r} is not in {', '.join(str(p) for p in self.zips)}") from None
+        where = f"{self.zips[index]}: member {path!r}"
+        if info.file_size > self.max_member_bytes:
+            raise UnsafeArchiveError(f"{where} is {info.file_size:,} B, more than the {self.max_member_bytes:,} B a member may have")
+        if self._opened_in != os.getpid():  # a forked worker: never share the parent's file offsets
+            self._open, self._opened_in = {}, os.getpid()
         zip_file = self._open.get(index)
         if zip_file is None:
             zip_file = self._open[index] = zipfile.ZipFile(self.zips[index])
         # ZipExtFile never yields more than the declared size and checks the CRC at the end.
-        return zip_file.read(info)
+        return MemberStream(zip_file.open(info), self.max_member_bytes, where)
+
+    def read_bytes(self, path: str) -> bytes:
+        """The content of member ``path``, read through :meth:`open` (so within its cap)."""
+        with self.open(path) as stream:
+            return stream.read(self._members[path][1].file_size)  # sized by the declared size, never more
 
     def close(self) -> None:
         """Close the zip files opened by reads (later reads reopen them)."""
@@ -229,17 +290,16 @@ def extract(archive: str | Path, dest: str | Path, *, max_ratio: float = DEFAULT
 
     The archive is unpacked into a sibling ``<dest>.partial`` folder that is renamed to
     ``dest`` only when every member passed the checks, so ``dest`` is either complete or absent
-    and nothing is written outside it.  ``dest`` must not exist yet.  ``progress`` shows a
-    rich bar of the bytes written.
+    and nothing is written outside it.  ``dest`` must not exist yet.  The ``.partial`` folder
+    is owned (``m2ad.ownership``): an existing one that another command made is an error, a
+    killed extraction's is taken over.  ``progress`` shows a rich bar of the bytes written.
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise FileNotFoundError(f"no such archive: {archive}")
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; remove it or choose another folder")
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = ownership.claim_temp_dir(dest.with_name(dest.name + ".partial"), dest)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, disable=not progress) as bar:
@@ -251,10 +311,11 @@ def extract(archive: str | Path, dest: str | Path, *, max_ratio: float = DEFAULT
             else:
                 raise UnsafeArchiveError(f"{archive}: neither a zip nor a tar archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, lzma.LZMAError, zlib.error) as error:
-        shutil.rmtree(partial, ignore_errors=True)
+        ownership.remove_temp_dir(partial)
         raise UnsafeArchiveError(f"{archive}: cannot be read ({error})") from error
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        ownership.remove_temp_dir(partial)
         raise
+    ownership.unmark(partial)
     os.replace(partial, dest)
     return dest

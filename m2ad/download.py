@@ -9,8 +9,13 @@ with an HTTP ``Range`` request after a cut connection, a Ctrl-C or a kill; a fin
 hashed, compared with the expected sha256 and moved into place with ``os.replace``.  A checksum
 mismatch deletes the file and fetches it once more before failing.  Verified files are
 remembered (``verified.json``: size, mtime, sha256) so that a rerun does not hash them again,
-and a lock file keeps two processes from writing the same download.  A rerun into the same
-output folder skips the categories already sharded there.
+and a lock file (``<file>.lock``, ``m2ad.ownership.ExclusiveLock``: it names its holder and is
+removed when the download finishes) keeps two processes from writing the same download.  A
+rerun into the same output folder skips the categories already sharded there.
+
+A resolution above the dataset's image size (``DatasetSpec.image_size``) is refused before
+anything is fetched, unless ``allow_upsample``; sharding then bounds every resize by memory
+(see :mod:`m2ad.shard`).
 
 Where the expected sha256 comes from (first that applies): the registry's pinned table (only
 at the pinned Hub revision, or for a mirror whose file is the pinned one), the Hub's LFS
@@ -39,7 +44,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -50,6 +54,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from m2ad import ownership
 from m2ad.archive import DEFAULT_MAX_RATIO, ZipSource, extract, is_tar
 from m2ad.datasets.registry import DatasetSpec, FileSpec, HubSource, ManualSource, UrlSource, get
 from m2ad.schema import SPLITS, DatasetInfo, TreeSource, shard_dir_name
@@ -590,11 +595,11 @@ def fetch_file(
     if not remote.candidates and not insecure_skip_verify:
         raise _unverifiable(spec.name)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / f"{spec.name}.lock")
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise DownloadError(f"another m2ad process is downloading {spec.name} into {folder}; wait for it to finish") from None
+        lock = ownership.ExclusiveLock(folder / f"{spec.name}.lock", f"the download of {spec.name} into {folder}").acquire()
+    except ownership.LockedError as error:
+        holder = f" ({error.holder.describe()})" if error.holder else ""
+        raise DownloadError(f"another m2ad process is downloading {spec.name} into {folder}{holder}; wait for it to finish") from None
     try:
         return _fetch_remote(spec, remote, folder, store, insecure_skip_verify, progress)
     finally:
@@ -726,6 +731,22 @@ def _earlier_files(out: Path) -> dict[str, Any]:
         return {}
 
 
+def check_resolution(spec: DatasetSpec, resolution: int | str, allow_upsample: bool) -> None:
+    """Refuse, before any download, a resolution above the dataset's image size (unless
+    ``allow_upsample``) or one that is not 'original' or a pixel count."""
+    from m2ad.shard import parse_resolution
+
+    try:
+        pixels = parse_resolution(resolution)
+    except ValueError as error:
+        raise DownloadError(str(error)) from None
+    if pixels != "original" and spec.image_size is not None and int(pixels) > spec.image_size and not allow_upsample:
+        raise DownloadError(
+            f"resolution {pixels} px is larger than {spec.name}'s images ({spec.image_size} px on the longer side); "
+            "upsampling adds no information and costs memory: choose at most that, or pass --allow-upsample"
+        )
+
+
 def download_dataset(
     name: str,
     out: str | Path,
@@ -741,6 +762,7 @@ def download_dataset(
     progress: bool = True,
     console: Console | None = None,
     max_ratio: float = DEFAULT_MAX_RATIO,
+    allow_upsample: bool = False,
 ) -> DownloadReport:
     """Fetch, verify and shard dataset ``name`` into ``out``, one category at a time.
 
@@ -750,8 +772,10 @@ def download_dataset(
     ``keep_archives=False`` deletes each downloaded archive once its category is sharded
     (files in a local ``source`` folder are never deleted).  A rerun into the same ``out``
     skips the categories that are already sharded there and resumes the others.
+    ``allow_upsample`` accepts a ``resolution`` above the images' size.
     """
     spec = get(name)
+    check_resolution(spec, resolution, allow_upsample)
     by_lower = {category.lower(): category for category in spec.categories}
     wanted = list(spec.categories) if not categories else [by_lower.get(c.lower(), c) for c in categories]
     unknown = [c for c in wanted if c not in spec.categories]
@@ -798,10 +822,13 @@ def download_dataset(
                 workers=workers,
                 progress=progress,
                 source_info=report.source_info,
+                allow_upsample=allow_upsample,
             )
         except ShardError as error:
             listed = "".join(f"\n  {problem.kind}: {problem.path}: {problem.message}" for problem in error.problems[:20])
             raise DownloadError(f"{category}: the downloaded release does not shard cleanly: {error}{listed}") from error
+        except ValueError as error:  # a resolution the images refuse (upsampling, memory)
+            raise DownloadError(f"{category}: {error}") from None
         finally:
             if isinstance(tree, ZipSource):
                 tree.close()

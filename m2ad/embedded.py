@@ -5,7 +5,8 @@ download.  It lives in ``CACHE/datasets/m2ad-synth-default`` where ``CACHE`` is 
 else ``$XDG_CACHE_HOME/m2ad``, else ``~/.cache/m2ad``.
 
 First use is safe under concurrency and resumable: one process at a time builds it under a
-file lock (released by the OS if the process dies); the release tree is generated into a
+file lock (``m2ad.ownership.ExclusiveLock``: released by the OS if the process dies, removed
+when the build ends); the release tree is generated into a
 staging folder (``m2ad.synth.generate`` publishes it atomically), the shards are written next
 to it, and the finished dataset appears under its final name in one ``os.replace``.  A killed
 build resumes at the first unfinished stage (a finished release tree is kept); other processes waiting on the lock find the finished dataset and return at once.
@@ -18,9 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
-from m2ad import shard, synth
+from m2ad import ownership, shard, synth
 from m2ad.schema import INFO_FILE
 
 DEFAULT_NAME = "m2ad-synth-default"
@@ -51,12 +50,15 @@ def ensure_default_dataset(cache_dir: Path | None = None, progress: bool = True)
     if (final / INFO_FILE).is_file():
         return final
     datasets_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(datasets_dir / f"{DEFAULT_NAME}.lock")):
+    with ownership.ExclusiveLock(datasets_dir / f"{DEFAULT_NAME}.lock", f"building {final}", timeout=None):
         if (final / INFO_FILE).is_file():  # another process finished it while we waited
             return final
         staging = datasets_dir / f".{DEFAULT_NAME}.partial"
         release, shards = staging / "release", staging / "shards"
         if not synth.is_synthetic_tree(release):  # generate() publishes the tree atomically
+            # under the lock, the staging folder is this process's alone: whatever an earlier,
+            # killed build left in it (even without an owner marker) goes
+            shutil.rmtree(release.with_name(release.name + ".partial"), ignore_errors=True)
             synth.generate(release, **DEFAULT_SYNTH_OPTIONS, progress=progress, overwrite=True)
         shutil.rmtree(shards, ignore_errors=True)
         shard.shard_tree(release, shards, progress=progress)

@@ -54,6 +54,8 @@ from typing import Any, Protocol, runtime_checkable
 import datasets
 import pyarrow as pa
 
+from m2ad.text import printable
+
 FORMAT_NAME = "m2ad-shards"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.parquet"
@@ -206,6 +208,9 @@ class TreeSource(Protocol):
     """A release tree: relative POSIX file paths and their bytes (a folder, or zip members).
 
     Implementations must be picklable, because sharding reads images in worker processes.
+    They may also offer ``open(path)`` returning a readable binary stream (both
+    ``m2ad.shard.FolderSource`` and ``m2ad.archive.ZipSource`` do); sharding then decodes
+    images from the stream instead of holding each file's bytes whole.
     """
 
     def list_files(self) -> list[str]: ...
@@ -233,7 +238,7 @@ class Problem:
         return {"kind": self.kind, "path": self.path, "message": self.message, "specimen": self.specimen}
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message} [{self.kind}]"
+        return printable(f"{self.path}: {self.message} [{self.kind}]")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,16 @@ Pixels
     0/255 mask, then keep pixels equal to 255; :func:`resize_mask_official`).  A mask pixel is
     foreground when its luminance is non-zero.
 
+Memory
+    A resolution above the source images' size is refused unless ``allow_upsample``
+    (``--allow-upsample``): upsampling adds no information and its memory grows with the square
+    of the resolution.  Every resize is bounded before it starts: :func:`resize_peak_bytes`
+    estimates the peak memory of decoding, resizing and encoding one image and its mask, and
+    the first image's estimate times the worker count must fit in half of the memory
+    available (:func:`available_memory`), else nothing is written; each later image is checked
+    against its worker's share (a problem ``too-large`` or ``upsample`` otherwise).  Images are
+    decoded from a stream of the source (a zip member is never held whole).
+
 Units, resume, atomicity
     One ``datasets`` Arrow dataset per (category, split) is one unit.  A unit is built under
     ``OUT/.partial/`` and moved to ``OUT/<category>/<split>`` with ``os.replace`` once complete,
@@ -25,7 +35,9 @@ Units, resume, atomicity
     unchanged.  The manifest, ``dataset.json`` and ``README.md`` are written last, atomically,
     and cover every finished unit in OUT: a dataset can be sharded category by category
     (``categories=[...]`` per call, same dataset and resolution; the last call's
-    ``source_info`` describes the source).  Only one process may shard into an OUT at a time.
+    ``source_info`` describes the source).  Only one process may shard into an OUT at a time:
+    its ``.partial`` folder is owned (``m2ad.ownership``), so a second one is refused while the
+    first lives, and a killed run's ``.partial`` is taken over by the next.
 
 Bad input
     Every problem is collected, never dropped silently.  Strict mode (the default) raises
@@ -47,6 +59,7 @@ import json
 import os
 import shutil
 import time
+from typing import BinaryIO
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,6 +79,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import m2ad
+from m2ad import ownership
 from m2ad.datasets import m2ad as m2ad_layout
 from m2ad.schema import (
     CARD_FILE,
@@ -84,13 +98,17 @@ from m2ad.schema import (
     TreeSource,
     shard_dir_name,
 )
+from m2ad.text import printable
 
 __all__ = [
     "FolderSource",
+    "ResizeLimits",
     "ShardError",
     "ShardReport",
     "TreeSource",
+    "available_memory",
     "parse_resolution",
+    "resize_peak_bytes",
     "resize_mask_exact",
     "resize_mask_official",
     "shard_tree",
@@ -103,6 +121,14 @@ PARTIAL_DIR = ".partial"
 IMAGE_RESIZE = "PIL bilinear, antialiased (as torchvision Resize on a PIL image), PNG"
 MIN_RESOLUTION = 8
 _PNG_LEVEL = 6
+BYTES_PER_SOURCE_PIXEL = 40
+"""Peak bytes per source pixel of one image and its mask: the decoded image and its RGB copy,
+the boolean mask, its int64 integral image and the two cumulative sums behind it."""
+BYTES_PER_TARGET_PIXEL = 64
+"""Peak bytes per target pixel: the resized image and its PNG, the exact rule's four int64
+box corners and their sum, the official rule's resized mask."""
+MEMORY_FRACTION = 0.5
+"""Share of the available memory that the resizing workers may plan to use together."""
 
 
 class ShardError(Exception):
@@ -148,10 +174,17 @@ class FolderSource:
 
     def read_bytes(self, path: str) -> bytes:
         """The bytes of the file at relative POSIX ``path`` (which may not leave the root)."""
+        return self._file(path).read_bytes()
+
+    def open(self, path: str) -> BinaryIO:
+        """The file at relative POSIX ``path``, opened for reading."""
+        return open(self._file(path), "rb")
+
+    def _file(self, path: str) -> Path:
         relative = PurePosixPath(path)
         if relative.is_absolute() or ".." in relative.parts:
             raise ValueError(f"{path!r} is not a relative path inside {self.root}")
-        return (self.root / relative).read_bytes()
+        return self.root / relative
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +211,68 @@ def target_size(width: int, height: int, resolution: int | str) -> tuple[int, in
         return width, height
     scale = int(resolution) / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_peak_bytes(source: tuple[int, int], target: tuple[int, int] | None) -> int:
+    """Estimated peak memory, in bytes, of decoding one ``source`` = (width, height) image and
+    its mask and resizing both to ``target`` (``None``: decoding only, at original resolution)."""
+    source_pixels = source[0] * source[1]
+    if target is None:
+        return 4 * source_pixels
+    return BYTES_PER_SOURCE_PIXEL * source_pixels + BYTES_PER_TARGET_PIXEL * target[0] * target[1]
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use: ``MemAvailable`` of ``/proc/meminfo``, or
+    less under a cgroup (container) limit; the free physical memory where neither exists."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(available, 0)
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+
+
+@dataclass(frozen=True)
+class ResizeLimits:
+    """What one image may cost a worker: the resolution, whether upsampling is allowed, and
+    the worker's share of the memory (bytes, see :func:`resize_peak_bytes`)."""
+
+    resolution: int | str
+    allow_upsample: bool = False
+    max_image_bytes: int | None = None
+
+    def refusal(self, size: tuple[int, int]) -> tuple[str, str] | None:
+        """``(problem kind, message)`` when an image of ``size`` = (width, height) must not be
+        resized under these limits, else ``None``."""
+        width, height = size
+        if self.resolution != "original" and int(self.resolution) > max(width, height) and not self.allow_upsample:
+            return "upsample", (
+                f"resolution {self.resolution} px is larger than the image ({width}x{height}); upsampling adds no "
+                "information and costs memory: choose at most its size, or pass --allow-upsample (allow_upsample=True)"
+            )
+        target = None if self.resolution == "original" else target_size(width, height, self.resolution)
+        needed = resize_peak_bytes(size, target)
+        if self.max_image_bytes is not None and needed > self.max_image_bytes:
+            what = f"resizing {width}x{height} to {target[0]}x{target[1]}" if target else f"decoding {width}x{height}"
+            return "too-large", (
+                f"{what} needs about {_size_text(needed)} of memory, more than the {_size_text(self.max_image_bytes)} "
+                "each worker may use; choose a smaller resolution or fewer workers"
+            )
+        return None
 
 
 def resize_mask_exact(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -243,10 +338,30 @@ def _init_worker(source: TreeSource) -> None:
     _WORKER_SOURCE = source
 
 
-def _decode(data: bytes) -> Image.Image:
-    """A fully decoded PIL image; raises on unreadable or truncated data."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
+class _Refused(Exception):
+    """An image that the resize limits refuse (``kind`` is the problem kind)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _open_member(source: TreeSource, path: str) -> BinaryIO:
+    """A stream of one file of the tree: the source's own stream where it has one (folders and
+    zips, so that a member is never held whole), else its bytes."""
+    opener = getattr(source, "open", None)
+    return opener(path) if opener is not None else io.BytesIO(source.read_bytes(path))
+
+
+def _decode(source: TreeSource, path: str, limits: ResizeLimits | None = None) -> Image.Image:
+    """A fully decoded PIL image, checked against ``limits`` from its header before any pixel
+    is decoded; raises on unreadable or truncated data, :class:`_Refused` over the limits."""
+    with _open_member(source, path) as stream:
+        image = Image.open(stream)
+        refused = limits.refusal(image.size) if limits is not None else None
+        if refused is not None:
+            raise _Refused(*refused)
+        image.load()
     return image
 
 
@@ -269,16 +384,20 @@ class _SpecimenResult:
     problems: list[Problem]
 
 
-def _process_specimen(records: Sequence[ReleaseRecord], resolution: int | str, source: TreeSource | None = None) -> _SpecimenResult:
+def _process_specimen(records: Sequence[ReleaseRecord], limits: ResizeLimits, source: TreeSource | None = None) -> _SpecimenResult:
     """Decode and check the images and masks of one specimen; resize and encode them unless
     the resolution is original."""
     source = source if source is not None else _WORKER_SOURCE
+    resolution = limits.resolution
     pixels: list[_Pixels] = []
     problems: list[Problem] = []
     masks: dict[str, tuple[bytes | None, bytes | None, tuple[int, int]] | None] = {}  # path -> (exact, official, source size)
     for record in records:
         try:
-            image = _decode(source.read_bytes(record.image_path))
+            image = _decode(source, record.image_path, limits)
+        except _Refused as refused:
+            problems.append(Problem(refused.kind, record.image_path, str(refused), record.specimen_path))
+            continue
         except Exception as error:  # PIL raises several types for broken files
             problems.append(Problem("unreadable-image", record.image_path, f"cannot decode the PNG ({error})", record.specimen_path))
             continue
@@ -290,7 +409,7 @@ def _process_specimen(records: Sequence[ReleaseRecord], resolution: int | str, s
         exact = official = None
         if record.mask_path is not None:
             if record.mask_path not in masks:
-                masks[record.mask_path] = _load_mask(source, record, resolution, problems)
+                masks[record.mask_path] = _load_mask(source, record, limits, problems)
             loaded = masks[record.mask_path]
             if loaded is None:
                 continue
@@ -304,18 +423,21 @@ def _process_specimen(records: Sequence[ReleaseRecord], resolution: int | str, s
     return _SpecimenResult(pixels, problems)
 
 
-def _load_mask(source: TreeSource, record: ReleaseRecord, resolution: int | str, problems: list[Problem]) -> tuple[bytes | None, bytes | None, tuple[int, int]] | None:
+def _load_mask(source: TreeSource, record: ReleaseRecord, limits: ResizeLimits, problems: list[Problem]) -> tuple[bytes | None, bytes | None, tuple[int, int]] | None:
     """(exact PNG, official PNG, source size) of a record's mask (PNGs ``None`` at original
     resolution), or ``None`` and a problem if it does not decode."""
     try:
-        mask = _decode(source.read_bytes(record.mask_path))
+        mask = _decode(source, record.mask_path, limits)
+    except _Refused as refused:
+        problems.append(Problem(refused.kind, record.mask_path, str(refused), record.specimen_path))
+        return None
     except Exception as error:  # PIL raises several types for broken files
         problems.append(Problem("unreadable-mask", record.mask_path, f"cannot decode the PNG ({error})", record.specimen_path))
         return None
-    if resolution == "original":
+    if limits.resolution == "original":
         return None, None, mask.size
     foreground = np.asarray(mask.convert("L")) > 0
-    size = target_size(mask.width, mask.height, resolution)
+    size = target_size(mask.width, mask.height, limits.resolution)
     return _mask_png(resize_mask_exact(foreground, size)), _mask_png(resize_mask_official(foreground, size)), mask.size
 
 
@@ -421,14 +543,14 @@ class _Results:
         self.workers = workers
         self.pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(source,)) if workers > 1 else None
 
-    def map(self, groups: Iterable[list[ReleaseRecord]], resolution: int | str) -> Iterator[_SpecimenResult]:
+    def map(self, groups: Iterable[list[ReleaseRecord]], limits: ResizeLimits) -> Iterator[_SpecimenResult]:
         if self.pool is None:
             for group in groups:
-                yield _process_specimen(group, resolution, self.source)
+                yield _process_specimen(group, limits, self.source)
             return
         pending: deque[Future[_SpecimenResult]] = deque()
         for group in groups:
-            pending.append(self.pool.submit(_process_specimen, group, resolution))
+            pending.append(self.pool.submit(_process_specimen, group, limits))
             if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
         while pending:
@@ -456,7 +578,7 @@ def _build_unit(
     out: Path,
     partial: Path,
     results: _Results,
-    resolution: int | str,
+    limits: ResizeLimits,
     strict: bool,
     fingerprint: str,
     max_shard_size: str | int,
@@ -467,7 +589,7 @@ def _build_unit(
     problems: list[Problem] = []
 
     def rows() -> Iterator[dict[str, Any]]:
-        for group, result in zip(unit.specimens, results.map(unit.specimens, resolution)):
+        for group, result in zip(unit.specimens, results.map(unit.specimens, limits)):
             problems.extend(result.problems)
             advance(len(group))
             if not result.problems and not (strict and problems):
@@ -554,7 +676,7 @@ def _dataset_card(info: DatasetInfo, manifest: pl.DataFrame, description: str) -
         f"| dataset | `{info.dataset}` |",
         f"| version | {info.version or 'not stated'} |",
         f"| license | {info.license or 'not stated'} |",
-        f"| source | {', '.join(f'{key}: {value}' for key, value in sorted(info.source.items()) if key != 'checksums') or 'not stated'} |",
+        f"| source | {printable(', '.join(f'{key}: {value}' for key, value in sorted(info.source.items()) if key != 'checksums') or 'not stated')} |",
         f"| resolution | {resolution} |",
         f"| samples | {manifest.height} |",
         f"| created | {info.created} by m2ad {info.code_version} |",
@@ -585,12 +707,12 @@ def _dataset_card(info: DatasetInfo, manifest: pl.DataFrame, description: str) -
     checksums = info.source.get("checksums")
     if checksums:
         lines += ["", "## Source checksums", "", f"Verified: {info.source.get('verified', 'not stated')}", "", "| file | checksum |", "|---|---|"]
-        lines += [f"| {name} | `{value}` |" for name, value in sorted(dict(checksums).items())]
+        lines += [f"| {printable(name)} | `{printable(value)}` |" for name, value in sorted(dict(checksums).items())]
     lines += ["", "## Skipped input", ""]
     if info.skipped:
         lines.append(f"{len(info.skipped)} problem(s); their specimens were quarantined (`--skip-bad`):")
         lines.append("")
-        lines += [f"- `{item['path']}`: {item['message']} [{item['kind']}]" for item in info.skipped]
+        lines += [f"- `{printable(item['path'])}`: {printable(item['message'])} [{item['kind']}]" for item in info.skipped]
     else:
         lines.append("None: every file of the source is in these shards.")
     lines += [
@@ -610,6 +732,20 @@ def _dataset_card(info: DatasetInfo, manifest: pl.DataFrame, description: str) -
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
+
+
+def _check_first_image(tree: TreeSource, record: ReleaseRecord, limits: ResizeLimits, workers: int) -> None:
+    """Refuse, before any work, a resolution that the first image shows to be an upsampling
+    (without ``allow_upsample``) or to need more memory than the workers may use together."""
+    try:
+        with _open_member(tree, record.image_path) as stream:
+            size = Image.open(stream).size
+    except Exception:  # PIL raises several types for broken files; the worker reports it
+        return
+    refused = limits.refusal(size)
+    if refused is not None:
+        share = f" ({workers} workers share {_size_text(int(MEMORY_FRACTION * available_memory()))})" if refused[0] == "too-large" else ""
+        raise ValueError(f"{record.image_path}: {refused[1]}{share}")
 
 
 def _prepare_out(out: Path, job: dict[str, Any]) -> None:
@@ -640,6 +776,7 @@ def shard_tree(
     progress: bool = True,
     max_shard_size: str | int = "256MB",
     source_info: dict[str, Any] | None = None,
+    allow_upsample: bool = False,
 ) -> ShardReport:
     """Validate an M2AD release tree and write it to ``out`` as m2ad shards (see module doc).
 
@@ -647,7 +784,8 @@ def shard_tree(
     ``m2ad``, or ``m2ad-synth`` for a synthetic tree; ``categories`` limits the work to those
     classes; ``strict=False`` quarantines bad specimens instead of raising
     :class:`ShardError`; ``source_info`` (url, revision, checksums, verified, ...) goes to
-    ``dataset.json`` and the card.  Rerunning on the same ``out`` resumes.
+    ``dataset.json`` and the card; ``allow_upsample`` accepts a resolution above the source
+    images' size (still within the memory bound).  Rerunning on the same ``out`` resumes.
     """
     started = time.perf_counter()
     resolution = parse_resolution(resolution)
@@ -667,14 +805,16 @@ def shard_tree(
     if not parsed.records:
         raise ShardError(skipped or [Problem("empty", ".", "the tree holds no images")], "nothing left to shard")
 
-    _prepare_out(out, {"dataset": name, "resolution": resolution, "format_version": FORMAT_VERSION})
-    partial = out / PARTIAL_DIR
-    shutil.rmtree(partial, ignore_errors=True)
     units = _units(parsed.records)
+    worker_count = min(workers or os.cpu_count() or 1, max(len(u.specimens) for u in units))
+    limits = ResizeLimits(resolution, allow_upsample, int(MEMORY_FRACTION * available_memory()) // worker_count)
+    _check_first_image(tree, parsed.records[0], limits, worker_count)
+    _prepare_out(out, {"dataset": name, "resolution": resolution, "format_version": FORMAT_VERSION})
+    partial = ownership.claim_temp_dir(out / PARTIAL_DIR, out)
     report = ShardReport(out, name, resolution, list(dict.fromkeys(r.category for r in parsed.records)), 0)
     pixel_problems: list[Problem] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn())
-    results = _Results(tree, min(workers or os.cpu_count() or 1, max(len(u.specimens) for u in units)))
+    results = _Results(tree, worker_count)
     try:
         with Progress(*columns, disable=not progress) as bar:
             task = bar.add_task("shard", total=sum(unit.images for unit in units))
@@ -688,7 +828,7 @@ def shard_tree(
                     bar.advance(task, unit.images)
                     continue
                 bar.update(task, description=f"shard {unit.name}")
-                found = _build_unit(unit, out, partial, results, resolution, strict, fingerprint, max_shard_size, lambda n: bar.advance(task, n))
+                found = _build_unit(unit, out, partial, results, limits, strict, fingerprint, max_shard_size, lambda n: bar.advance(task, n))
                 if strict and found:
                     pixel_problems.extend(found)
                     continue
@@ -697,7 +837,7 @@ def shard_tree(
                     report.written_units.append(unit.name)
     finally:
         results.close()
-    shutil.rmtree(partial, ignore_errors=True)
+        ownership.remove_temp_dir(partial)
     if pixel_problems:
         raise ShardError(pixel_problems, "the other units are written and will be reused; fix the files, or pass --skip-bad")
 

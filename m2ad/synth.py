@@ -63,6 +63,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from m2ad import ownership
 from m2ad.schema import M2AD_ILLUMINATIONS, M2AD_VIEWS
 
 GENERATOR_NAME = "m2ad-synth"
@@ -690,7 +691,9 @@ def generate(
     The tree is built in ``<out>.partial`` and renamed into place at the end, so an
     interrupted run never leaves a tree that looks complete.  ``out`` must be missing or
     empty; with ``overwrite`` an earlier synthetic tree there (one with ``SYNTHETIC.json``) is
-    replaced, but never any other folder.
+    replaced, but never any other folder.  ``<out>.partial`` is owned (``m2ad.ownership``): an
+    existing folder of that name that another command made is an error naming it, never
+    deleted; a killed run's is taken over.
     """
     _check_arguments(categories, normal_specimens, ng_specimens, resolution, seed, workers)
     out = Path(out).absolute()
@@ -699,10 +702,7 @@ def generate(
             raise FileExistsError(f"{out} exists and is not empty; choose another folder, or pass overwrite=True (CLI: --overwrite) to replace an earlier synthetic tree")
         if not (out / MARKER_FILE).is_file():
             raise FileExistsError(f"refusing to overwrite {out}: it is not a synthetic M2AD tree (no {MARKER_FILE})")
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    partial = ownership.claim_temp_dir(out.with_name(out.name + ".partial"), out)
 
     tasks = [
         _SpecimenTask(str(partial), category, anomalous, index, seed, resolution)
@@ -743,5 +743,6 @@ def generate(
     _write_text_atomic(partial / META_FILE, json.dumps(build_meta(records, categories), indent=4) + "\n")
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
+    ownership.unmark(partial)
     os.replace(partial, out)
     return out

@@ -22,7 +22,6 @@ import datasets
 import huggingface_hub.constants
 import polars as pl
 import pytest
-from filelock import FileLock
 from typer.testing import CliRunner
 
 from m2ad.archive import UnsafeArchiveError
@@ -37,6 +36,7 @@ from m2ad.download import (
     open_origin,
     parse_sha256sums,
 )
+from m2ad.ownership import ExclusiveLock
 from m2ad.schema import MANIFEST_FILE, DatasetInfo
 from m2ad.shard import FolderSource, shard_tree
 from m2ad.synth import generate
@@ -205,10 +205,11 @@ def test_a_second_process_cannot_download_the_same_file_at_once(release: tuple[P
     with FileServer({"Ring.zip": payload}) as server:
         server.files["SHA256SUMS"] = f"{hashlib.sha256(payload).hexdigest()}  Ring.zip\n".encode()
         origin = open_origin(get("m2ad"), source=server.url)
-        with FileLock(tmp_path / "Ring.zip.lock"):
+        with ExclusiveLock(tmp_path / "Ring.zip.lock", "the download of Ring.zip"):
             with pytest.raises(DownloadError, match="another m2ad process is downloading Ring.zip"):
                 fetch_file(get("m2ad").file("Ring.zip"), origin, tmp_path)
         assert fetch_file(get("m2ad").file("Ring.zip"), origin, tmp_path).path.read_bytes() == payload
+        assert not (tmp_path / "Ring.zip.lock").exists(), "the lock file goes with the finished download"
 
 
 def test_killed_download_resumes_on_rerun(

@@ -553,7 +553,7 @@ def test_cli_reports_bad_input_without_traceback(small_tree: Path, tmp_path: Pat
     assert result.exit_code == 0 and "skipped" in result.output
     for arguments in (["shard", str(tmp_path / "nowhere"), str(tmp_path / "o")], ["shard", str(small_tree), str(tmp_path / "o"), "--resolution", "big"], ["info", str(tmp_path)]):
         result = runner.invoke(app, arguments)
-        assert result.exit_code == 1 and "error" in result.output and "Traceback" not in result.output
+        assert result.exit_code == 2 and "error" in result.output and "Traceback" not in result.output
 
 
 def test_dataset_json_is_valid_json(original: Path) -> None:

@@ -280,10 +280,10 @@ def test_cli_writes_a_tree_and_reports_bad_input_without_traceback(tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert synth.is_synthetic_tree(out)
     again = runner.invoke(command_line(), arguments)
-    assert again.exit_code == 1 and "not empty" in again.output and "Traceback" not in again.output
+    assert again.exit_code == 2 and "not empty" in again.output and "Traceback" not in again.output
     assert runner.invoke(command_line(), [*arguments, "--overwrite"]).exit_code == 0
     bad = runner.invoke(command_line(), [str(tmp_path / "bad"), "--categories", "Ring,Bird"])
-    assert bad.exit_code == 1 and "Bird" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "Bird" in bad.output and "Traceback" not in bad.output
     assert "--normal-specimens" in runner.invoke(command_line(), ["--help"]).output
 
 

@@ -58,6 +58,9 @@ def download(
         Path | None, typer.Option(help="Where archives are downloaded; default: $M2AD_CACHE or ~/.cache/m2ad.")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Sharding processes; default: all cores.")] = None,
+    allow_upsample: Annotated[
+        bool, typer.Option("--allow-upsample", help="Accept a --resolution above the images' size (upsampling); still bounded by memory.")
+    ] = False,
 ) -> None:
     """Download a dataset, verify its checksums and shard it into Arrow, one category at a time.
 
@@ -85,6 +88,7 @@ def download(
             keep_archives=keep_archives,
             workers=workers,
             console=console,
+            allow_upsample=allow_upsample,
         )
     except (DownloadError, UnsafeArchiveError, zipfile.BadZipFile, FileNotFoundError, FileExistsError) as error:
         fail(str(error))

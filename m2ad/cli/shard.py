@@ -49,14 +49,18 @@ def shard(
         str | None, typer.Option(help="Dataset name used in sample ids; default: m2ad, or m2ad-synth for a synthetic tree.")
     ] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest Arrow shard file, e.g. 256MB or 1GB.")] = "256MB",
+    allow_upsample: Annotated[
+        bool, typer.Option("--allow-upsample", help="Accept a --resolution above the images' size (upsampling); still bounded by memory.")
+    ] = False,
 ) -> None:
     """Validate an M2AD tree (120 configurations per specimen, masks only for NG specimens, file names,
     meta JSON against the files, decodable PNGs, mask sizes) and write Arrow shards, a Parquet manifest
-    and a dataset card. Interrupted runs resume."""
+    and a dataset card. Interrupted runs resume. A --resolution above the images' size is refused
+    (see --allow-upsample), and so is one whose resizing would not fit in memory."""
     from m2ad.shard import ShardError, shard_tree
 
     if not src.is_dir():
-        fail(f"{src} is not a folder holding an M2AD tree")
+        fail(f"{src} is not a folder holding an M2AD tree", code=2)
     try:
         report = shard_tree(
             src,
@@ -67,12 +71,13 @@ def shard(
             strict=not skip_bad,
             workers=workers,
             max_shard_size=max_shard_size,
+            allow_upsample=allow_upsample,
         )
     except ShardError as error:
         _print_problems(error.problems, "problems")
         fail(str(error))
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        fail(str(error))
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad arguments or output folder
+        fail(str(error), code=2)
     reused = f" ({len(report.reused_units)} reused from an earlier run)" if report.reused_units else ""
     console.print(
         f"wrote {report.samples:,} samples of {', '.join(report.categories)} ({report.dataset}, resolution "
@@ -114,7 +119,7 @@ def info(
         described = DatasetInfo.read(path)
         manifest = load_manifest(path)
     except (ValueError, FileNotFoundError) as error:
-        fail(str(error))
+        fail(str(error), code=2)
 
     console.print(f"[bold]{described.dataset}[/] at {path}", highlight=False)
     console.print(

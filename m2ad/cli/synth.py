@@ -25,7 +25,9 @@ def synth(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier synthetic tree at OUT.")] = False,
 ) -> None:
     """Generate a synthetic M2AD: 3-D specimens seen from 12 views under 10 lights, with masks and
-    the official jsons/meta_unsupervised.json (60 % of normal specimens to train, seed 42)."""
+    the official jsons/meta_unsupervised.json (60 % of normal specimens to train, seed 42).
+    The tree is built in OUT.partial, which must not be another command's folder.
+    Exit status 2 for bad input."""
     from m2ad.synth import DEFAULT_CATEGORIES, generate
 
     names = split_names(categories) or list(DEFAULT_CATEGORIES)
@@ -41,7 +43,7 @@ def synth(
             workers=workers,
             overwrite=overwrite,
         )
-    except (ValueError, FileExistsError) as error:
-        fail(str(error))
+    except (ValueError, FileExistsError) as error:  # bad arguments or output folder
+        fail(str(error), code=2)
     images = len(names) * (normal_specimens + ng_specimens) * 120
     console.print(f"wrote {images:,} images of {', '.join(names)} to {root} in {time.perf_counter() - started:.1f} s")

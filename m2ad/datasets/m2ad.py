@@ -385,6 +385,7 @@ DOWNLOAD_SPEC = DatasetSpec(
     ),
     source=HubSource("ChengYuQi99/M2AD", revision="72d6620"),
     layout_module=__name__,
+    image_size=1024,
     notes=(
         "jsons.zip was re-uploaded later (1,100,022 B in 2026, sha256 not recorded); "
         "use --revision main for the current files, verified against the Hub's LFS sha256."

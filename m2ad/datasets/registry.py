@@ -68,7 +68,9 @@ class DatasetSpec:
 
     ``name`` is the registry name and the sample-id prefix given to the sharder;
     ``layout_module`` names the module with the layout parser; ``notes`` is advice shown when
-    a file or revision cannot be found (e.g. which revision to try instead).
+    a file or revision cannot be found (e.g. which revision to try instead); ``image_size`` is
+    the longer side, in pixels, of the released images (``None``: unknown or varying), above
+    which ``download`` refuses a resolution before fetching anything.
     """
 
     name: str
@@ -81,6 +83,7 @@ class DatasetSpec:
     source: Source
     layout_module: str
     notes: str = ""
+    image_size: int | None = None
 
     def files_for(self, category: str) -> list[FileSpec]:
         """The files needed to shard ``category``, in declaration order."""
