@@ -24,6 +24,10 @@ The run directory::
       summary.json        per method: per-category metrics (mean over seeds) and their mean
       logs/run.log        the driver's log
 
+One run at a time: a run holds ``RUN_DIR/.m2ad-run.lock`` (``m2ad.ownership.ExclusiveLock``)
+from start to end.  A second run on the same folder is refused with the holder's pid, host and
+command; the lock of a killed run is released by the kernel, so the next run takes it over.
+
 Resuming: a cell whose ``cell.json`` says ``ok`` with the same config hash is skipped, so
 rerunning a killed or partly failed command recomputes only what is missing.  The hash covers
 the method and its full config, the category, the seed, the protocol, the evaluation mode, mask
@@ -40,7 +44,11 @@ one GPU per task when the cluster has GPUs, else none (the tasks then run on CPU
 GPUs that the cluster does not have fails at once instead of leaving tasks pending forever.
 Ray points ``CUDA_VISIBLE_DEVICES`` at the task's GPUs, so methods simply use ``cuda``.
 On a multi-node cluster (``ray_address``) the run directory and the data must be on a file
-system that every node sees at the same path.
+system that every node sees at the same path.  Joining a cluster first checks, within
+``ray_connect_timeout_s``, that the address answers as a gRPC server (as Ray's GCS does), so
+an address where nothing listens fails in seconds instead of Ray's minutes of retries.  A
+cluster the run starts itself keeps its files in an owned ``m2ad-ray-*`` folder of the
+system's temporary folder, removed when the run ends (and a killed run's by the next run).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -60,6 +69,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -77,6 +87,7 @@ import m2ad
 import protocols
 from baselines.base import Batch
 from m2ad import data as m2ad_data
+from m2ad import ownership
 from m2ad.metrics import MODES as EVAL_MODES, all_finite
 from m2ad.predictions import MAP_DTYPES, METADATA_KEY, PredictionsFile, PredictionsWriter, as_map_dtype
 from m2ad.schema import INFO_FILE, MANIFEST_FILE, MASK_RULES
@@ -87,12 +98,20 @@ CELL_FILE = "cell.json"
 PREDICTIONS_FILE = "predictions.parquet"
 RAY_OBJECT_STORE_BYTES = 256 * 2**20
 DEFAULT_PRO_LIMIT = 0.3
+RUN_LOCK_FILE = ".m2ad-run.lock"
+RAY_TEMP_PREFIX = "m2ad-ray-"
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's legacy seeding (``np.random.seed``) takes 0 .. 2**32 - 1."""
 
 log = logging.getLogger("m2ad.runner")
 
 
 class RunError(ValueError):
     """A run cannot start: bad configuration, data or cluster.  The message says why."""
+
+
+class RunLockedError(RunError):
+    """Another live run holds the run folder; the message names it."""
 
 
 @dataclass
@@ -111,6 +130,8 @@ class RunConfig:
     out: Path | None = None
     executor: str = "ray"
     ray_address: str | None = None
+    ray_connect_timeout_s: float = 30.0
+    """Seconds to wait for ``ray_address`` to answer before failing."""
     gpus_per_task: float | None = None
     cpus_per_task: float = 1.0
     batch_size: int = 32
@@ -342,23 +363,51 @@ def _checked_predictions(
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Run (or resume) every cell of the grid, then write ``metrics.parquet`` and ``summary.json``."""
     _check_config(config)
+    method_configs = {name: _resolved_method_config(name, config.method_args.get(name, {})) for name in config.methods}
     data = Path(config.data) if config.data is not None else _embedded_dataset(progress)
     _check_data(data)
     data_identity = _data_identity(data)
     categories = _resolve_categories(config, data)
-    method_configs = {name: _resolved_method_config(name, config.method_args.get(name, {})) for name in config.methods}
     run_dir = Path(config.out) if config.out is not None else default_run_dir(config, data_identity)
-    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
+    lock = _lock_run_dir(run_dir)
+    try:
+        return _run_grid(config, progress, data, data_identity, categories, method_configs, run_dir)
+    finally:
+        lock.release()
+
+
+def _lock_run_dir(run_dir: Path) -> ownership.ExclusiveLock:
+    """Create the run folder and take its lock; a clear :class:`RunError` when the folder
+    cannot be one, :class:`RunLockedError` when another live run holds it."""
+    try:
+        (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        return ownership.ExclusiveLock(run_dir / RUN_LOCK_FILE, f"the run folder {run_dir}").acquire()
+    except ownership.LockedError as error:
+        raise RunLockedError(f"{error}, or choose another --out") from None
+    except OSError as error:
+        raise RunError(f"cannot use {run_dir} as the run folder: {error.strerror or error}") from None
+
+
+def _run_grid(
+    config: RunConfig,
+    progress: bool,
+    data: Path,
+    data_identity: str,
+    categories: list[str],
+    method_configs: dict[str, dict[str, Any]],
+    run_dir: Path,
+) -> RunResult:
+    """The body of :func:`run`, with the run folder locked."""
     handler = logging.FileHandler(run_dir / "logs" / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    started_ray = False
+    started_ray, ray_temp = False, None
     try:
         gpus_per_task = 0.0
         if config.executor == "ray":
-            started_ray = _start_ray(config)
+            started_ray, ray_temp = _start_ray(config, run_dir)
             gpus_per_task = _gpus_per_task(config)
         cells = [
             CellSpec(
@@ -409,6 +458,8 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
             import ray
 
             ray.shutdown()
+        if ray_temp is not None:
+            ownership.remove_temp_dir(ray_temp)
         log.removeHandler(handler)
         handler.close()
     summary = write_results(run_dir, config, records)
@@ -477,6 +528,13 @@ def _check_config(config: RunConfig) -> None:
         problems.append(f"a method is listed twice: {', '.join(config.methods)}")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
         problems.append(f"seeds must be distinct and at least one, got {list(config.seeds)}")
+    out_of_range = [seed for seed in config.seeds if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED)]
+    if out_of_range:
+        problems.append(f"seeds must be integers in 0..{MAX_SEED}, got {', '.join(map(str, out_of_range))}")
+    if config.out is not None and Path(config.out).exists() and not Path(config.out).is_dir():
+        problems.append(f"--out {config.out} exists and is not a folder")
+    if not config.ray_connect_timeout_s > 0:
+        problems.append(f"ray connect timeout must be positive, got {config.ray_connect_timeout_s}")
     if config.gpus_per_task is not None and config.gpus_per_task < 0:
         problems.append(f"gpus per task must be >= 0, got {config.gpus_per_task}")
     if config.cpus_per_task <= 0:
@@ -506,7 +564,23 @@ def _resolved_method_config(method: str, args: dict[str, Any]) -> dict[str, Any]
         config = config_class(**args)
     except (TypeError, ValueError) as error:
         raise RunError(f"method {method!r}: {error}") from None
-    return _jsonable(dataclasses.asdict(config))
+    values = dataclasses.asdict(config)
+    # JSON (config.json, the cell hash) has no NaN or inf: they would silently become None
+    not_finite = [f"{key}={value}" for key, value in values.items() if not _all_finite_numbers(value)]
+    if not_finite:
+        raise RunError(f"method {method!r}: options must be finite numbers, got {', '.join(not_finite)}")
+    return _jsonable(values)
+
+
+def _all_finite_numbers(value: Any) -> bool:
+    """False when ``value`` is, or holds, a NaN or infinite float."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite_numbers(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite_numbers(item) for item in value)
+    return True
 
 
 def _embedded_dataset(progress: bool) -> Path:
@@ -618,32 +692,70 @@ def _is_permanent(error: BaseException | None) -> bool:
     return isinstance(error, WeightsUnavailable)
 
 
-def _start_ray(config: RunConfig) -> bool:
-    """Join ``ray_address``, or start a small loopback cluster; False if Ray was already up."""
+def _start_ray(config: RunConfig, run_dir: Path) -> tuple[bool, Path | None]:
+    """Join ``ray_address``, or start a small loopback cluster.  Returns whether this call
+    started Ray (False if it was already up) and the temporary folder of a cluster it started."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return False, None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if config.ray_address:
+        check_ray_address(config.ray_address, config.ray_connect_timeout_s)
         try:
             ray.init(address=config.ray_address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RunError(f"cannot join the Ray cluster at {config.ray_address}: {error}") from None
-        return True
+        return True, None
     # A cluster we start ourselves serves this machine only: keep every socket on loopback,
     # where Ray's token authentication (and its token file in ~/.ray) guards nothing.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        num_cpus=config.local_num_cpus,
-        num_gpus=config.local_num_gpus,
-        include_dashboard=False,
-        object_store_memory=RAY_OBJECT_STORE_BYTES,
-        _temp_dir=tempfile.mkdtemp(prefix="m2ad-ray-"),
-        log_to_driver=False,
-    )
-    return True
+    # Ray's sockets live in its temporary folder, and a Unix socket path has at most 107
+    # bytes: so the folder is short, in the system's temporary folder, not in the run folder.
+    system_temp = Path(tempfile.gettempdir())
+    ownership.remove_dead_temp_dirs(system_temp, f"{RAY_TEMP_PREFIX}*")
+    temp_dir = ownership.claim_temp_dir(system_temp / f"{RAY_TEMP_PREFIX}{uuid.uuid4().hex[:12]}", run_dir)
+    try:
+        ray.init(
+            num_cpus=config.local_num_cpus,
+            num_gpus=config.local_num_gpus,
+            include_dashboard=False,
+            object_store_memory=RAY_OBJECT_STORE_BYTES,
+            _temp_dir=str(temp_dir),
+            log_to_driver=False,
+        )
+    except BaseException:
+        ownership.remove_temp_dir(temp_dir)
+        raise
+    return True, temp_dir
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
+
+
+def check_ray_address(address: str, timeout: float) -> None:
+    """Raise :class:`RunError` unless ``address`` (``host:port`` or ``ray://host:port``; ``auto``
+    is not checked) answers within ``timeout`` seconds as a gRPC server, as Ray's GCS and Ray
+    Client server do: its first frame must be HTTP/2 SETTINGS."""
+    if address == "auto":
+        return
+    host, _, port_text = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit():
+        raise RunError(f"--ray-address must be HOST:PORT, ray://HOST:PORT or auto, got {address!r}")
+    where = f"the Ray cluster at {address}"
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout) as connection:
+            connection.settimeout(timeout)
+            connection.sendall(_HTTP2_PREFACE)
+            header = connection.recv(9)
+    except socket.timeout:
+        raise RunError(f"{where} did not answer within {timeout:g} s (--ray-timeout); is the address right and the cluster up?") from None
+    except OSError as error:
+        raise RunError(f"cannot reach {where}: {error.strerror or error}; is the address right and the cluster up?") from None
+    if len(header) < 4 or header[3] != 0x4:
+        raise RunError(f"{where} answers, but not as a Ray cluster (no gRPC server there); check the port")
 
 
 def _gpus_per_task(config: RunConfig) -> float:

@@ -321,6 +321,14 @@ def test_ray_tasks_request_fake_gpus_and_survive_failures(shards: Path, tmp_path
         run(dataclasses.replace(config, gpus_per_task=3.0, out=tmp_path / "too-many"), progress=False)
 
 
+def test_a_real_ray_cluster_passes_the_address_check(ray_cluster: None) -> None:
+    import ray
+
+    from m2ad.runner import check_ray_address
+
+    check_ray_address(ray.get_runtime_context().gcs_address, timeout=5.0)  # Ray's GCS answers as a gRPC server
+
+
 # --------------------------------------------------------------------------- embedded dataset
 
 
@@ -356,6 +364,7 @@ def test_embedded_dataset_is_built_once_under_concurrency_and_resumes(tmp_path: 
     assert calls == {"generate": 1, "shard": 2}  # the release tree survived the interruption
     assert set(m2ad_data.load_manifest(final)["category"].unique().to_list()) == {"Cube"}
     assert [path.name for path in (tmp_path / "datasets").iterdir() if path.name.startswith(".")] == []
+    assert not list((tmp_path / "datasets").glob("*.lock")), "the build lock goes with the build"
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

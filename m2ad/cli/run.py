@@ -37,7 +37,8 @@ def run(
         typer.Option(help="Run folder (default: runs/<protocol>-<methods>-<hash>, the same for the same command, so rerunning resumes)."),
     ] = None,
     executor: Annotated[str, typer.Option(help="ray: cells as Ray tasks; local: one after the other in this process (debugging).")] = "ray",
-    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local one.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) instead of starting a local one.")] = None,
+    ray_timeout: Annotated[float, typer.Option(help="Seconds to wait for --ray-address to answer before failing.")] = 30.0,
     gpus_per_task: Annotated[
         float | None, typer.Option(help="GPUs per cell, fractions allowed (default: 1 if the cluster has GPUs, else 0).")
     ] = None,
@@ -50,8 +51,10 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
 ) -> None:
     """Run methods over every (method x category x seed) cell, write predictions and metrics to a
-    run folder, and print the result table.  Rerunning the same command skips finished cells.
-    Exit status: 0 when every cell succeeded, 1 when some failed, 2 for bad input."""
+    run folder, and print the result table.  Rerunning the same command skips finished cells;
+    one run at a time holds a run folder.
+    Exit status: 0 when every cell succeeded, 1 when some failed, 2 for bad input (including a
+    run folder in use, or a Ray address that does not answer)."""
     from m2ad.runner import RunConfig, RunError
     from m2ad.runner import run as run_grid
 
@@ -67,6 +70,7 @@ def run(
             out=out,
             executor=executor,
             ray_address=ray_address,
+            ray_connect_timeout_s=ray_timeout,
             gpus_per_task=gpus_per_task,
             cpus_per_task=cpus_per_task,
             batch_size=batch_size,
