@@ -17,6 +17,9 @@ from collections.abc import Iterator
 
 import polars as pl
 
+import protocols
+from m2ad.text import printable
+
 ENTRY_COLUMNS = ("protocol", "dataset", "resolution", "source", "entry_id", "method", "variant", "backbone", "mode", "mask_rule")
 TABLE_KEYS = ("protocol", "dataset", "resolution")
 BY_CHOICES = ("entry", "category", "view", "illumination")
@@ -33,6 +36,20 @@ def order_metrics(names: list[str]) -> list[str]:
     """Metric names in the paper's order (object, view, image, pixel), unknown ones last."""
     known = [name for name in METRIC_ORDER if name in names]
     return known + sorted(set(names) - set(known))
+
+
+def check_names(frame: pl.DataFrame, *, protocol: str | None = None, metrics: list[str] | None = None) -> None:
+    """Raise ``ValueError`` for a protocol or metric name that no protocol defines and no row
+    of ``frame`` holds (a typo would otherwise just match no row)."""
+    known_protocols = sorted(set(protocols.available()) | set(frame["protocol"].unique().to_list()))
+    if protocol is not None and protocol not in known_protocols:
+        raise ValueError(f"unknown protocol {printable(protocol)!r}; known: {', '.join(known_protocols)}")
+    defined = {name for protocol_name in protocols.available() for name in protocols.get(protocol_name).metric_names}
+    known_metrics = order_metrics(sorted(defined | set(frame["metric"].unique().to_list())))
+    unknown = [name for name in metrics or [] if name not in known_metrics]
+    if unknown:
+        names = ", ".join(repr(printable(name)) for name in unknown)
+        raise ValueError(f"unknown metric {names}; known: {', '.join(printable(name) for name in known_metrics)}")
 
 
 def filter_rows(
@@ -104,7 +121,7 @@ def split_tables(summary: pl.DataFrame) -> Iterator[tuple[dict[str, str], pl.Dat
 
 def table_title(key: dict[str, str]) -> str:
     """A human title for one table: ``synergy · m2ad · 256``."""
-    return f"{key['protocol']} · {key['dataset']} · {key['resolution']}"
+    return printable(f"{key['protocol']} · {key['dataset']} · {key['resolution']}")
 
 
 def format_value(value: float | None) -> str:
@@ -127,12 +144,13 @@ def display_columns(frame: pl.DataFrame) -> list[str]:
 
 
 def display_cell(column: str, value: object, metrics: list[str]) -> str:
-    """One cell as text: metric values as percent, ranks with one decimal, others verbatim."""
+    """One cell as text: metric values as percent, ranks with one decimal, others verbatim
+    but with control characters escaped (:func:`m2ad.text.printable`)."""
     if column in metrics:
         return format_value(value)  # type: ignore[arg-type]
     if column == "mean_rank":
         return "—" if value is None else f"{value:.1f}"
-    return "" if value is None else str(value)
+    return "" if value is None else printable(value)
 
 
 _MARKDOWN_SPECIAL = str.maketrans({char: f"\\{char}" for char in "\\`*_[]<>|~&"})
@@ -140,8 +158,9 @@ _MARKDOWN_SPECIAL = str.maketrans({char: f"\\{char}" for char in "\\`*_[]<>|~&"}
 
 def escape_markdown(text: str) -> str:
     """Make user text inert in a markdown table cell: backslash-escape markdown syntax, HTML
-    brackets and pipes, and turn newlines into spaces so the row cannot break."""
-    return " ".join(text.splitlines()).translate(_MARKDOWN_SPECIAL)
+    brackets and pipes, turn newlines into spaces so the row cannot break, and escape the other
+    control characters (:func:`m2ad.text.printable`)."""
+    return printable(" ".join(text.splitlines())).translate(_MARKDOWN_SPECIAL)
 
 
 def to_markdown(summary: pl.DataFrame, *, heading_level: int = 2) -> str:
@@ -170,11 +189,11 @@ def to_markdown(summary: pl.DataFrame, *, heading_level: int = 2) -> str:
 
 
 def to_csv(summary: pl.DataFrame) -> str:
-    """The summary as CSV (fractions, all columns)."""
+    """The summary as CSV (fractions, all columns; control characters in text escaped)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(summary.columns)
-    writer.writerows(summary.iter_rows())
+    writer.writerow([printable(name) for name in summary.columns])
+    writer.writerows([printable(value) if isinstance(value, str) else value for value in row] for row in summary.iter_rows())
     return buffer.getvalue()
 
 

@@ -2,9 +2,10 @@
 
 The page is self-contained (inline CSS and a few lines of inline JavaScript, no CDN), so it
 works offline and from ``file://``.  Every string that came from a user (method, variant,
-submitter, citation, note, ...) goes through :func:`html.escape` in the page,
-:func:`leaderboard.aggregate.escape_markdown` in the markdown copy and :func:`_plain` in
-figure labels (matplotlib would otherwise read ``$...$`` as math).  Figure file names are
+submitter, citation, note, ...) has its control characters escaped (:func:`m2ad.text.printable`:
+no terminal escape or bidirectional override survives), then goes through :func:`html.escape`
+in the page, :func:`leaderboard.aggregate.escape_markdown` in the markdown copy and
+:func:`_plain` in figure labels (matplotlib would otherwise read ``$...$`` as math).  Figure file names are
 numbered, never derived from user strings.
 
 Clicking a header sorts its table; a link ending in ``#sort=<column>`` opens the page sorted by
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import polars as pl
+
+from m2ad.text import printable
 
 from leaderboard.aggregate import (
     best_per_column,
@@ -111,7 +114,9 @@ class Figure:
 
 
 def _plain(text: str, limit: int = 48) -> str:
-    """User text safe for a matplotlib label (``$`` would start mathtext), cut to ``limit``."""
+    """User text safe for a matplotlib label (``$`` would start mathtext, control characters
+    are escaped), cut to ``limit``."""
+    text = printable(text)
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return text.replace("$", r"\$")
 
@@ -257,7 +262,7 @@ def _html_table(part: pl.DataFrame) -> str:
     metrics = metric_columns(part)
     best = best_per_column(part)
     numeric = {*metrics, "categories", "mean_rank"}
-    head = "".join(f'<th scope="col">{html.escape(name)}</th>' for name in columns)
+    head = "".join(f'<th scope="col">{html.escape(printable(name))}</th>' for name in columns)
     body = []
     for row in part.iter_rows(named=True):
         cells = []
@@ -284,7 +289,7 @@ def _html_entries(rows: pl.DataFrame) -> str:
         cells = []
         for name in ["entry_id", *columns]:
             value = entry[name]
-            text = "" if value is None else str(value)
+            text = "" if value is None else printable(value)
             if name == "citation" and text and _safe_href(text):
                 cells.append(f'<td><a href="{html.escape(text, quote=True)}" rel="nofollow noopener">{html.escape(text)}</a></td>')
             elif name == "predictions_sha256" and text:
@@ -301,13 +306,13 @@ def render_html(rows: pl.DataFrame, summary: pl.DataFrame, figures: dict[int, li
     for index, (key, part) in enumerate(split_tables(summary)):
         anchor = f"table{index:02d}"
         images = "".join(
-            f'<figure><img src="{html.escape(figure.path, quote=True)}" alt="{html.escape(figure.caption, quote=True)}">'
-            f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>"
+            f'<figure><img src="{html.escape(figure.path, quote=True)}" alt="{html.escape(printable(figure.caption), quote=True)}">'
+            f"<figcaption>{html.escape(printable(figure.caption))}</figcaption></figure>"
             for figure in figures.get(index, [])
         )
         sections.append(
-            f'<section id="{anchor}" data-protocol="{html.escape(key["protocol"], quote=True)}" '
-            f'data-resolution="{html.escape(key["resolution"], quote=True)}">'
+            f'<section id="{anchor}" data-protocol="{html.escape(printable(key["protocol"]), quote=True)}" '
+            f'data-resolution="{html.escape(printable(key["resolution"]), quote=True)}">'
             f"<h2>{html.escape(table_title(key))}</h2>{_html_table(part)}{images}</section>"
         )
     if not sections:

@@ -5,12 +5,17 @@ Layout::
 
     STORE/
       data/part-<time>-<uuid>.parquet   one file per append (never rewritten in place)
+      data/.part-...parquet.<pid>-<start>@<host>.tmp
+                                        a part being written, named after its writer
       .lock                             taken (``fcntl.flock``) by compaction and replacement
 
 Why this shape:
 
 - **Appends never collide.**  Every append writes a *new*, uniquely named file (temp name,
   then ``os.replace``), so any number of concurrent writers lose no row and need no lock.
+  The temp name carries its writer (``m2ad.ownership.temp_file_name``): every later write
+  and compaction deletes the temp files of writers that died (a killed ``submit``), never
+  those of live ones.
 - **Rewrites are atomic for readers.**  Compaction and ``--replace`` write one new file whose
   Parquet metadata lists the files it *supersedes*; readers ignore superseded files from the
   moment the new file exists, and the old files are unlinked only afterwards.  A reader that
@@ -40,6 +45,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from m2ad import ownership
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"m2ad.leaderboard"
@@ -171,6 +178,9 @@ class Store:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.data_dir = self.root / DATA_DIR
+        for folder in (self.root, self.data_dir):
+            if folder.exists() and not folder.is_dir():
+                raise StoreError(f"{folder} is not a folder, so it cannot hold a leaderboard store")
 
     @classmethod
     def open(cls, store: str | Path | None = None) -> Store:
@@ -182,9 +192,10 @@ class Store:
     def _write(self, table: pa.Table, supersedes: list[str]) -> Path:
         """Write ``table`` as a new uniquely named part: temp name, fsync, then ``os.replace``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        ownership.remove_dead_temp_files(self.data_dir, "part-*.parquet.*")
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
         final = self.data_dir / name
-        temp = self.data_dir / f".{name}.tmp"
+        temp = ownership.temp_file_name(final)
         table = table.cast(SCHEMA).replace_schema_metadata(_file_metadata(supersedes))
         try:
             with open(temp, "wb") as handle:
@@ -241,6 +252,8 @@ class Store:
     def compact(self) -> int:
         """Merge every live part into one file (atomically for readers); returns the row count."""
         with self.lock():
+            if self.data_dir.is_dir():
+                ownership.remove_dead_temp_files(self.data_dir, "part-*.parquet.*")
             parts = self._live_parts()
             if len(parts) > 1 or self._superseded_parts():
                 self._rewrite(parts, drop_entries=set(), extra=None)

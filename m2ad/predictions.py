@@ -337,9 +337,16 @@ def _open(path: str | Path) -> pq.ParquetFile:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
+    source: Any = path
     try:
-        return pq.ParquetFile(path)
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8: pyarrow cannot take it, Python's open can
+        source = open(path, "rb")  # noqa: SIM115 (kept open by the ParquetFile, as a path would be)
+    try:
+        return pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as error:
+        if source is not path:
+            source.close()
         raise PredictionsError(path, {"not a Parquet file": [str(error).splitlines()[0] if str(error) else type(error).__name__]}) from None
 
 

@@ -134,7 +134,7 @@ def test_show_formats_through_the_cli(tmp_path: Path) -> None:
     table = runner.invoke(app, ["leaderboard", "show", "--store", str(tmp_path), "--by", "category", "--metric", "aupro,image_auroc"])
     assert table.exit_code == 0 and "object_auroc" not in table.stdout
     bad = runner.invoke(app, ["leaderboard", "show", "--store", str(tmp_path), "--by", "specimen"])
-    assert bad.exit_code == 1 and "--by must be one of" in " ".join(bad.output.split()) and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "--by must be one of" in " ".join(bad.output.split()) and "Traceback" not in bad.output
 
 
 def test_remove_and_compact_through_the_cli(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from m2ad.cli._common import console, fail, split_names
+from m2ad.text import printable
 
 
 def _cell(value: float | None) -> str:
@@ -72,11 +73,31 @@ def _grid_table(result: dict[str, Any]) -> Table | None:
     return table
 
 
+def _out_problem(path: Path) -> str | None:
+    """Why the JSON result cannot be written to ``path``, or ``None``: checked before the
+    evaluation, so that a bad --out fails at once rather than after all the work."""
+    if path.is_dir():
+        return f"--out {path} is a folder; give a file name, e.g. {path / 'metrics.json'}"
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"--out {path}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {path}: cannot write in {existing} (permission denied)"
+    return None
+
+
 def _write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` atomically (temporary name, then ``os.replace``); no temporary file is
+    left behind when that fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def evaluate(
@@ -98,6 +119,8 @@ def evaluate(
     chosen = split_names(categories)
     if categories and not chosen:
         fail("--categories is empty")
+    if out is not None and (problem := _out_problem(out)) is not None:
+        fail(problem, code=2)
     try:
         result = run_evaluation(protocol, data, predictions, mode=mode, mask_rule=mask_rule, categories=chosen,
                                 pro_limit=pro_limit, progress=True)
@@ -108,8 +131,11 @@ def evaluate(
         if table is not None:
             console.print(table)
     if out is not None:
-        _write_json(out, result)
-        console.print(f"wrote {out}")
+        try:
+            _write_json(out, result)
+        except OSError as error:
+            fail(f"cannot write {out}: {error.strerror or error}")
+        console.print(f"wrote {printable(str(out))}", highlight=False, markup=False)
     undefined = [name for name, value in result["mean"].items() if value is None]
     if undefined:
         console.print(f"[yellow]undefined (null): {', '.join(undefined)}[/] (a single class, or no anomaly maps in the file)")

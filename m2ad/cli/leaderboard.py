@@ -33,10 +33,14 @@ FORMATS = ("table", "markdown", "csv", "json")
 
 
 def _open_store(store: Path | None) -> Store:
-    """The leaderboard store at ``--store``, ``$M2AD_LEADERBOARD`` or the default folder."""
-    from leaderboard.store import Store
+    """The leaderboard store at ``--store``, ``$M2AD_LEADERBOARD`` or the default folder, or a
+    clear error (exit 2) when that path cannot be a store."""
+    from leaderboard.store import Store, StoreError
 
-    return Store.open(store)
+    try:
+        return Store.open(store)
+    except StoreError as error:
+        fail(str(error), code=2)
 
 
 def _read_rows(store: Path | None) -> pl.DataFrame:
@@ -74,13 +78,14 @@ def submit(
 
     if not predictions.is_file():
         fail(f"{predictions}: no such predictions file")
+    board = _open_store(store)  # before the evaluation: a bad --store fails at once
     try:
         submission = submit_predictions(
             predictions,
             protocol=protocol,
             data=data,
             method=method,
-            store=_open_store(store),
+            store=board,
             variant=variant,
             backbone=backbone,
             submitter=submitter,
@@ -119,14 +124,19 @@ def show(
     from leaderboard.store import SOURCES
 
     if format not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+        fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}", code=2)
     if by not in aggregate.BY_CHOICES:
-        fail(f"--by must be one of {', '.join(aggregate.BY_CHOICES)}, not {by!r}")
+        fail(f"--by must be one of {', '.join(aggregate.BY_CHOICES)}, not {by!r}", code=2)
     if source is not None and source not in SOURCES:
-        fail(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
+        fail(f"--source must be one of {', '.join(SOURCES)}, not {source!r}", code=2)
     metrics = [name.strip() for item in metric or [] for name in item.split(",") if name.strip()]
+    every_row = _read_rows(store)
+    try:
+        aggregate.check_names(every_row, protocol=protocol, metrics=metrics)
+    except ValueError as error:
+        fail(str(error), code=2)
     rows = aggregate.filter_rows(
-        _read_rows(store), protocol=protocol, dataset=dataset, resolution=resolution, metrics=metrics, source=source
+        every_row, protocol=protocol, dataset=dataset, resolution=resolution, metrics=metrics, source=source
     )
     summary = aggregate.summarize(rows, by=by)
     if format == "markdown":
@@ -147,6 +157,7 @@ def _print_rich_tables(summary: pl.DataFrame) -> None:
     from rich.table import Table
 
     from leaderboard import aggregate
+    from m2ad.text import printable
 
     for key, part in aggregate.split_tables(summary):
         columns = aggregate.display_columns(part)
@@ -155,7 +166,7 @@ def _print_rich_tables(summary: pl.DataFrame) -> None:
         table = Table(title=escape(aggregate.table_title(key)))
         numeric = {*metrics, "categories", "mean_rank"}
         for name in columns:
-            table.add_column(name, justify="right" if name in numeric else "left")
+            table.add_column(escape(printable(name)), justify="right" if name in numeric else "left")
         for row in part.iter_rows(named=True):
             cells = []
             for name in columns:
