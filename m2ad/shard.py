@@ -744,7 +744,7 @@ def _check_first_image(tree: TreeSource, record: ReleaseRecord, limits: ResizeLi
         return
     refused = limits.refusal(size)
     if refused is not None:
-        share = f" ({workers} workers share {_size_text(int(MEMORY_FRACTION * available_memory()))})" if refused[0] == "too-large" else ""
+        share = f" ({workers} worker(s) share {_size_text(int(MEMORY_FRACTION * available_memory()))})" if refused[0] == "too-large" else ""
         raise ValueError(f"{record.image_path}: {refused[1]}{share}")
 
 
