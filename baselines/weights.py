@@ -28,9 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
-from m2ad.download import DownloadError, fetch_url, preflight, sha256_file
+from m2ad.download import DownloadError, fetch_url, preflight
+from m2ad.files import cache_dir, sha256_file
 
 _CHUNK = 1 << 20
 
@@ -128,11 +135,7 @@ def weights_dir() -> Path:
     """The folder that ``fetch`` and ``import`` write to (precedence in the module docstring)."""
     if os.environ.get("M2AD_WEIGHTS"):
         return Path(os.environ["M2AD_WEIGHTS"]).expanduser()
-    if os.environ.get("M2AD_CACHE"):
-        return Path(os.environ["M2AD_CACHE"]).expanduser() / "weights"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "m2ad" / "weights"
-    return Path.home() / ".cache" / "m2ad" / "weights"
+    return cache_dir() / "weights"
 
 
 def search_dirs() -> list[Path]:

@@ -9,18 +9,17 @@ protocol and evaluation mode, so resubmitting the same file is recognised: refus
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from leaderboard.store import Store, to_table
+from m2ad.files import sha256_file
 from m2ad.predictions import read as read_predictions
 from m2ad.schema import DatasetInfo
 from protocols.evaluate import evaluate
-
-from leaderboard.store import Store, to_table
 
 # The AUROC each protocol's breakdown reports (``Evaluator.breakdown``): image level for the
 # per-image protocols, the illumination-fused view level for Synergy.
@@ -38,13 +37,6 @@ class Submission:
     result: dict[str, Any]
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def submission_entry_id(predictions_sha256: str, protocol: str, mode: str) -> str:
@@ -131,7 +123,7 @@ def submit(
     predictions = Path(predictions)
     declared = read_predictions(predictions).info().metadata
     info = DatasetInfo.read(data)
-    sha256 = file_sha256(predictions)
+    sha256 = sha256_file(predictions)
     if not replace:
         store.check_new(sha256, protocol, mode)  # refuse before spending time on evaluation
     result = evaluate(protocol, data, predictions, mode=mode, mask_rule=mask_rule, progress=progress)

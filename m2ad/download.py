@@ -54,9 +54,17 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from m2ad import ownership
+from m2ad import files, ownership
 from m2ad.archive import DEFAULT_MAX_RATIO, ZipSource, extract, is_tar
-from m2ad.datasets.registry import DatasetSpec, FileSpec, HubSource, ManualSource, UrlSource, get
+from m2ad.datasets.registry import (
+    DatasetSpec,
+    FileSpec,
+    HubSource,
+    ManualSource,
+    UrlSource,
+    get,
+)
+from m2ad.files import sha256_file
 from m2ad.schema import SPLITS, DatasetInfo, TreeSource, shard_dir_name
 
 CHUNK_SIZE = 1 << 20
@@ -75,11 +83,6 @@ class DownloadError(RuntimeError):
 
 class InsufficientSpaceError(DownloadError):
     """Not enough free disk space for the next step."""
-
-
-def default_cache_dir() -> Path:
-    """``$M2AD_CACHE`` or ``~/.cache/m2ad``."""
-    return Path(os.environ.get("M2AD_CACHE") or Path.home() / ".cache" / "m2ad")
 
 
 @dataclass
@@ -124,15 +127,6 @@ def check_free_space(folder: Path, needed: int, step: str) -> None:
 
 def _gb(size: int) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_sha256sums(text: str) -> dict[str, str]:
@@ -374,7 +368,12 @@ class _HubOrigin:
     def locate(self, spec: FileSpec) -> _Remote:
         import httpx2
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
         from huggingface_hub.utils import build_hf_headers
 
         url = hf_hub_url(
@@ -782,10 +781,13 @@ def download_dataset(
     if unknown:
         raise DownloadError(f"{spec.name} has no categories {', '.join(unknown)}; expected some of {', '.join(spec.categories)}")
     out = Path(out)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = Path(cache_dir) if cache_dir is not None else files.cache_dir()
     folder = folder / "downloads" / spec.name
     origin = open_origin(spec, source, revision)
-    from m2ad.shard import ShardError, shard_tree  # slow to import (datasets): only once the source answers
+    from m2ad.shard import (  # slow to import (datasets): only once the source answers
+        ShardError,
+        shard_tree,
+    )
 
     report = DownloadReport(spec.name, out)
     earlier = _earlier_files(out)

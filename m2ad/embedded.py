@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from m2ad import ownership, shard, synth
+from m2ad import files, ownership, shard, synth
 from m2ad.schema import INFO_FILE
 
 DEFAULT_NAME = "m2ad-synth-default"
@@ -34,18 +34,9 @@ DEFAULT_SYNTH_OPTIONS: dict[str, Any] = {
 (per category 720 train and 1,680 test images); about a minute to build on 2 cores."""
 
 
-def default_cache_dir() -> Path:
-    """The m2ad cache folder: ``$M2AD_CACHE``, else ``$XDG_CACHE_HOME/m2ad``, else ``~/.cache/m2ad``."""
-    if os.environ.get("M2AD_CACHE"):
-        return Path(os.environ["M2AD_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "m2ad"
-    return Path.home() / ".cache" / "m2ad"
-
-
 def ensure_default_dataset(cache_dir: Path | None = None, progress: bool = True) -> Path:
     """Return the sharded default synthetic M2AD, generating and sharding it on first use."""
-    datasets_dir = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "datasets"
+    datasets_dir = (Path(cache_dir) if cache_dir is not None else files.cache_dir()) / "datasets"
     final = datasets_dir / DEFAULT_NAME
     if (final / INFO_FILE).is_file():
         return final

@@ -80,7 +80,13 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 import baselines
 import m2ad
@@ -88,8 +94,16 @@ import protocols
 from baselines.base import Batch
 from m2ad import data as m2ad_data
 from m2ad import ownership
-from m2ad.metrics import MODES as EVAL_MODES, all_finite
-from m2ad.predictions import MAP_DTYPES, METADATA_KEY, PredictionsFile, PredictionsWriter, as_map_dtype
+from m2ad.files import jsonable, write_json_atomic
+from m2ad.metrics import MODES as EVAL_MODES
+from m2ad.metrics import all_finite
+from m2ad.predictions import (
+    MAP_DTYPES,
+    METADATA_KEY,
+    PredictionsFile,
+    PredictionsWriter,
+    as_map_dtype,
+)
 from m2ad.schema import INFO_FILE, MANIFEST_FILE, MASK_RULES
 from protocols.evaluate import evaluate_category
 
@@ -266,7 +280,7 @@ def execute_cell(spec: CellSpec, report: Callable[[str, int], None] | None = Non
         "attempts": spec.attempt,
         "metrics": metrics,
         "counts": counts,
-        "breakdown": _jsonable(breakdown),
+        "breakdown": jsonable(breakdown),
         "n_train": train.height,
         "n_test": predicted,
         "timings": {
@@ -279,7 +293,7 @@ def execute_cell(spec: CellSpec, report: Callable[[str, int], None] | None = Non
         "gpu_ids": gpu_ids,
         "finished": _now(),
     }
-    _write_json_atomic(spec.cell_dir / CELL_FILE, record)
+    write_json_atomic(spec.cell_dir / CELL_FILE, record)
     (spec.cell_dir / "progress.json").unlink(missing_ok=True)
     return record
 
@@ -319,7 +333,7 @@ class _ProgressFile:
         self.images += images
         now = time.monotonic()
         if now - self.last_write >= 0.5:
-            _write_json_atomic(self.path, {"stage": stage, "images": self.images})
+            write_json_atomic(self.path, {"stage": stage, "images": self.images})
             self.last_write = now
 
 
@@ -431,10 +445,10 @@ def _run_grid(
             for category in categories
             for seed in config.seeds
         ]
-        _write_json_atomic(
+        write_json_atomic(
             run_dir / "config.json",
             {
-                "config": _jsonable(dataclasses.asdict(config)),
+                "config": jsonable(dataclasses.asdict(config)),
                 "data": str(data),
                 "data_identity": data_identity,
                 "categories": categories,
@@ -443,7 +457,7 @@ def _run_grid(
                 "m2ad_version": m2ad.__version__,
             },
         )
-        _write_json_atomic(run_dir / "environment.json", environment(include_ray=config.executor == "ray"))
+        write_json_atomic(run_dir / "environment.json", environment(include_ray=config.executor == "ray"))
         finished = {cell.cell_id: record for cell in cells if (record := _finished_record(cell)) is not None}
         todo = [cell for cell in cells if cell.cell_id not in finished]
         log.info("run %s: %d cells, %d finished before, %d to run", run_dir, len(cells), len(finished), len(todo))
@@ -489,7 +503,7 @@ def default_run_dir(config: RunConfig, data_identity: str) -> Path:
         "mode": config.mode,
         "mask_rule": config.mask_rule,
     }
-    digest = hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps(jsonable(key), sort_keys=True).encode()).hexdigest()[:10]
     return Path("runs") / f"{config.protocol}-{'+'.join(config.methods)}-{digest}"
 
 
@@ -509,7 +523,7 @@ def cell_hash(
         "data": data_identity,
         "code_version": m2ad.__version__,
     }
-    return hashlib.sha256(json.dumps(_jsonable(key), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(jsonable(key), sort_keys=True).encode()).hexdigest()
 
 
 def _check_config(config: RunConfig) -> None:
@@ -569,7 +583,7 @@ def _resolved_method_config(method: str, args: dict[str, Any]) -> dict[str, Any]
     not_finite = [f"{key}={value}" for key, value in values.items() if not _all_finite_numbers(value)]
     if not_finite:
         raise RunError(f"method {method!r}: options must be finite numbers, got {', '.join(not_finite)}")
-    return _jsonable(values)
+    return jsonable(values)
 
 
 def _all_finite_numbers(value: Any) -> bool:
@@ -660,7 +674,7 @@ def _record_failure(cell: CellSpec, error_text: str, attempts: int, final: bool)
         return None
     (cell.cell_dir / "progress.json").unlink(missing_ok=True)
     record = {**_cell_identity(cell), "status": "failed", "attempts": cell.attempt, "error": error_text, "finished": _now()}
-    _write_json_atomic(cell.cell_dir / CELL_FILE, record)
+    write_json_atomic(cell.cell_dir / CELL_FILE, record)
     return record
 
 
@@ -944,7 +958,7 @@ def write_results(run_dir: Path, config: RunConfig, records: list[dict[str, Any]
         "methods": methods,
         "failed_cells": sorted(record["cell_id"] for record in records if record["status"] != "ok"),
     }
-    _write_json_atomic(run_dir / "summary.json", summary)
+    write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
@@ -978,7 +992,7 @@ def merge_predictions(run_dir: Path, records: list[dict[str, Any]]) -> list[Path
             "categories": [record["category"] for record in members],
             "cell_hashes": {record["cell_id"]: record["config_hash"] for record in members},
         }
-        schema = first.schema_arrow.with_metadata({METADATA_KEY: json.dumps(_jsonable(header), sort_keys=True)})
+        schema = first.schema_arrow.with_metadata({METADATA_KEY: json.dumps(jsonable(header), sort_keys=True)})
         target.parent.mkdir(exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
@@ -1068,26 +1082,8 @@ def _as_float(value: Any) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types for dataclass dicts, tuples, paths and numpy values; NaN becomes None."""
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary name, then ``os.replace`` it: readers never see half a file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(_jsonable(payload), indent=2, sort_keys=True, allow_nan=False))
-    os.replace(partial, path)
 
 
 def _now() -> str:

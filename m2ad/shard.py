@@ -59,15 +59,14 @@ import json
 import os
 import shutil
 import time
-from typing import BinaryIO
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import datasets
 import numpy as np
@@ -76,11 +75,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 import m2ad
 from m2ad import ownership
 from m2ad.datasets import m2ad as m2ad_layout
+from m2ad.files import write_json_atomic, write_text_atomic
 from m2ad.schema import (
     CARD_FILE,
     FORMAT_VERSION,
@@ -520,18 +527,8 @@ def _finished_units(out: Path) -> list[str]:
     return sorted(marker.parent.relative_to(out).as_posix() for split in SPLITS for marker in out.glob(f"*/{split}/{UNIT_MARKER}"))
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary name, so no half-written file is ever visible."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary name."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class _Results:
@@ -620,7 +617,7 @@ def _build_unit(
         built.save_to_disk(str(final_tmp), max_shard_size=max_shard_size)
         del built
     skipped = [problem.to_dict() for problem in problems]
-    _write_json_atomic(final_tmp / UNIT_MARKER, {"fingerprint": fingerprint, "skipped": skipped})
+    write_json_atomic(final_tmp / UNIT_MARKER, {"fingerprint": fingerprint, "skipped": skipped})
     target = out / unit.name
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
@@ -761,7 +758,7 @@ def _prepare_out(out: Path, job: dict[str, Any]) -> None:
             differences = ", ".join(f"{key} {earlier.get(key)!r} (now {value!r})" for key, value in job.items() if earlier.get(key) != value)
             raise FileExistsError(f"{out} holds shards of another job: {differences}; choose another folder or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(job_path, job)
+    write_json_atomic(job_path, job)
 
 
 def shard_tree(
@@ -861,8 +858,8 @@ def shard_tree(
         image_resize="" if resolution == "original" else IMAGE_RESIZE,
         skipped=[problem.to_dict() for problem in skipped],
     )
-    _write_text_atomic(out / CARD_FILE, _dataset_card(info, manifest, parsed.description))
-    _write_text_atomic(out / INFO_FILE, info.to_json() + "\n")
+    write_text_atomic(out / CARD_FILE, _dataset_card(info, manifest, parsed.description))
+    write_text_atomic(out / INFO_FILE, info.to_json() + "\n")
     report.categories = info.categories
     report.samples = manifest.height
     report.skipped = skipped

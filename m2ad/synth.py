@@ -61,9 +61,17 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from m2ad import ownership
+from m2ad.files import write_text_atomic
 from m2ad.schema import M2AD_ILLUMINATIONS, M2AD_VIEWS
 
 GENERATOR_NAME = "m2ad-synth"
@@ -637,12 +645,6 @@ def build_meta(records: Sequence[dict[str, Any]], categories: Sequence[str]) -> 
     return meta
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name, so no half-written file is visible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _check_arguments(categories: Sequence[str], normal_specimens: int, ng_specimens: int, resolution: int, seed: int, workers: int | None) -> None:
@@ -739,8 +741,8 @@ def generate(
         "illuminations": len(M2AD_ILLUMINATIONS),
         "detectable_contrast": DETECTABLE_CONTRAST,
     }
-    _write_text_atomic(partial / MARKER_FILE, json.dumps(marker, indent=2) + "\n")
-    _write_text_atomic(partial / META_FILE, json.dumps(build_meta(records, categories), indent=4) + "\n")
+    write_text_atomic(partial / MARKER_FILE, json.dumps(marker, indent=2) + "\n")
+    write_text_atomic(partial / META_FILE, json.dumps(build_meta(records, categories), indent=4) + "\n")
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     ownership.unmark(partial)

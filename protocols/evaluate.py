@@ -22,7 +22,6 @@ ignored; any other id (training images, ids not in the dataset) is an error.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
@@ -31,11 +30,19 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 import m2ad
 import protocols
 from m2ad import data as m2ad_data
+from m2ad.files import jsonable, sha256_file
 from m2ad.predictions import PredictionsFile, validate
 from m2ad.schema import DatasetInfo
 from protocols.base import Evaluator, check_settings
@@ -43,25 +50,8 @@ from protocols.base import Evaluator, check_settings
 BATCH_SIZE = 64
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
-    """The value with NaN and inf floats replaced by None, recursively (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _mean_over_categories(per_category: dict[str, dict[str, float]], metric_names: Sequence[str]) -> dict[str, float]:
@@ -180,7 +170,7 @@ def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: 
             if category_breakdown is not None:
                 breakdown[name] = category_breakdown
 
-    return _jsonable({
+    return jsonable({
         "protocol": chosen.name,
         "mode": mode,
         "mask_rule": mask_rule,
@@ -191,7 +181,7 @@ def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: 
         "mean": _mean_over_categories(per_category, chosen.metric_names),
         "breakdown": breakdown or None,
         "counts": counts,
-        "predictions_sha256": _sha256(Path(predictions)),
+        "predictions_sha256": sha256_file(predictions),
         "map_dtype": predictions_info.map_dtype,
         "m2ad_version": m2ad.__version__,
     })

@@ -26,7 +26,7 @@ import m2ad.embedded as embedded
 import protocols
 from baselines.base import Batch
 from m2ad import data as m2ad_data
-from m2ad import predictions
+from m2ad import files, predictions
 from m2ad.cli import app
 from m2ad.runner import RunConfig, RunError, run
 from m2ad.shard import shard_tree
@@ -367,12 +367,12 @@ def test_embedded_dataset_is_built_once_under_concurrency_and_resumes(tmp_path: 
     assert not list((tmp_path / "datasets").glob("*.lock")), "the build lock goes with the build"
 
 
-def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("M2AD_CACHE", str(tmp_path / "a"))
-    assert embedded.default_cache_dir() == tmp_path / "a"
+    assert files.cache_dir() == tmp_path / "a"
     monkeypatch.delenv("M2AD_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
-    assert embedded.default_cache_dir() == tmp_path / "b" / "m2ad"
+    assert files.cache_dir() == tmp_path / "b" / "m2ad"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert embedded.default_cache_dir() == tmp_path / "home" / ".cache" / "m2ad"
+    assert files.cache_dir() == tmp_path / "home" / ".cache" / "m2ad"
