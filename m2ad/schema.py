@@ -171,11 +171,18 @@ class DatasetInfo:
     created: str = ""
     image_resize: str = ""  # how images were resized (empty at original resolution)
     skipped: list[dict[str, str]] = field(default_factory=list)  # Problem.to_dict() of quarantined input
+    # What the dataset's spec says about its samples (``m2ad.datasets``); protocols and the
+    # runner read these instead of knowing datasets by name.
+    axes: tuple[str, ...] = ()  # sample axes beyond category and specimen, e.g. ("view", "illumination")
+    modalities: tuple[str, ...] = ("image", "mask")
+    extra_columns: tuple[str, ...] = ()  # dataset-specific manifest columns, e.g. ("detectable",)
+    shot_unit: str = "image"  # what one few-shot shot is: "image", or "specimen" (all its images)
+    class_names: dict[str, str] = field(default_factory=dict)  # category -> a name usable as a text prompt
+    protocols: tuple[str, ...] = ()  # the protocols that fit the dataset
 
     def to_json(self) -> str:
         """The ``dataset.json`` text of this description."""
-        data = dict(self.__dict__)
-        data["mask_rules"] = list(self.mask_rules)
+        data = {key: list(value) if isinstance(value, tuple) else value for key, value in self.__dict__.items()}
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -194,6 +201,9 @@ class DatasetInfo:
                 f"{path}: format version {data['format_version']} is newer than this m2ad supports ({FORMAT_VERSION}); upgrade m2ad"
             )
         data["mask_rules"] = tuple(data.get("mask_rules", MASK_RULES))
+        for key in ("axes", "modalities", "extra_columns", "protocols"):
+            if key in data:
+                data[key] = tuple(data[key])
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
 
