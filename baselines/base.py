@@ -1,27 +1,95 @@
-"""The interface every anomaly-detection method implements, and its batch type.
+"""The interface every anomaly-detection method implements: its batch, its card and its setting.
 
-A method sees images only, never masks or labels.  The runner builds the batches from the
-shards (``m2ad.data``), calls ``fit`` once per cell on the training samples the protocol
-selects, then ``predict`` on the test samples, and writes what comes back to a predictions file.
+A method sees images (and, later, other modalities) only, never masks or labels.  The harness
+(``m2ad.run``) owns the *setting*: it selects the training samples (every training image of one
+category, of all categories, K seeded shots per category, or none), calls ``fit`` once per fit
+unit, saves the fitted state, and calls ``predict`` on the test samples of each category.
+
+Every method class declares a :class:`MethodCard`: what it reads and returns, the settings it
+supports, whether it needs a fit, the unit it predicts on, and the pretrained weights it may
+load.  The runner checks the card against the run before scheduling anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+SETTINGS = ("single-class", "multi-class", "few-shot", "zero-shot")
+"""``single-class``: one fit per category on its training images; ``multi-class``: one fit on the
+training images of every category; ``few-shot``: one fit per category on K shots drawn by the
+harness; ``zero-shot``: no fit on the target data (a training-free method, or a fit on another
+dataset, ``--train-data``).  See docs/settings.md."""
+
+INPUTS = ("image", "image+xyz", "points")
+"""What a method reads: RGB images (today), images with an aligned xyz map, or point clouds."""
+OUTPUTS = ("pixel_map", "point_scores")
+"""What a method returns besides its sample scores: an anomaly map per image, or scores per point."""
+INPUT_UNITS = ("image", "view", "specimen")
+"""What ``predict`` is given at once: any images (``image``), whole groups of the illuminations
+of one (specimen, view) (``view``), or every image of a specimen (``specimen``)."""
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """What a method is, in terms the runner can check before it schedules anything."""
+
+    inputs: tuple[str, ...] = ("image",)
+    """Accepted inputs (:data:`INPUTS`); the data must provide one of them."""
+    outputs: tuple[str, ...] = ("pixel_map",)
+    """What ``predict`` returns besides scores (:data:`OUTPUTS`)."""
+    settings: tuple[str, ...] = SETTINGS
+    """Settings the method supports (:data:`SETTINGS`)."""
+    needs_fit: bool = True
+    """False for a training-free method: the harness never calls ``fit`` and saves no state."""
+    input_unit: str = "image"
+    """What one ``predict`` call may rely on getting whole (:data:`INPUT_UNITS`); a batch never
+    splits a group."""
+    weights: tuple[str, ...] = ()
+    """Names in ``baselines.weights.REGISTRY`` that the method may load."""
+
+    def __post_init__(self) -> None:
+        for name, values, allowed in (("inputs", self.inputs, INPUTS), ("outputs", self.outputs, OUTPUTS),
+                                      ("settings", self.settings, SETTINGS)):
+            unknown = [value for value in values if value not in allowed]
+            if not values or unknown:
+                raise ValueError(f"MethodCard.{name} must be a non-empty subset of {allowed}, got {values}")
+        if self.input_unit not in INPUT_UNITS:
+            raise ValueError(f"MethodCard.input_unit must be one of {INPUT_UNITS}, got {self.input_unit!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The setting a fit is made in, as the method sees it: its name and, for few-shot, the
+    number of shots per category the harness drew (each shot is one image or one specimen with
+    all its images, as the dataset defines a shot)."""
+
+    name: str = "single-class"
+    shots: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in SETTINGS:
+            raise ValueError(f"setting must be one of {', '.join(SETTINGS)}, got {self.name!r}")
+        if self.shots is not None and self.shots < 1:
+            raise ValueError(f"shots must be at least 1, got {self.shots}")
+
 
 @dataclass
 class Batch:
-    """A batch of images of one or more categories.
+    """A batch of images of one or more categories, and what a method may know about them.
 
     ``images`` is uint8, shape (B, 3, H, W), at the evaluation resolution of the shards; a
     method normalises it itself.  The metadata lists have one entry per image; ``view`` and
-    ``illumination`` are ``None`` for datasets without them.
+    ``illumination`` are ``None`` for datasets without them.  ``class_names`` are the
+    categories' names for text prompts (the category itself unless the dataset names it
+    otherwise), ``specimens`` the physical objects (each image its own one unless given), and
+    ``modalities`` extra per-image tensors keyed by modality (e.g. ``"xyz"``, leading dimension
+    B; empty for image datasets).  A batch never carries ground truth: no label, mask or
+    defect type.
     """
 
     sample_ids: list[str]
@@ -29,12 +97,20 @@ class Batch:
     categories: list[str]
     views: list[str | None]
     illuminations: list[str | None]
+    class_names: list[str] | None = None
+    specimens: list[str] | None = None
+    modalities: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         count = len(self.sample_ids)
         if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.dtype != torch.uint8:
             raise ValueError(f"Batch.images must be uint8 (B, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        lengths = {len(self.images), len(self.categories), len(self.views), len(self.illuminations)}
+        if self.class_names is None:
+            self.class_names = list(self.categories)
+        if self.specimens is None:
+            self.specimens = list(self.sample_ids)
+        lengths = {len(self.images), len(self.categories), len(self.views), len(self.illuminations), len(self.class_names),
+                   len(self.specimens), *(len(tensor) for tensor in self.modalities.values())}
         if lengths != {count}:
             raise ValueError(f"Batch fields disagree on the batch size: {count} sample ids, lengths {sorted(lengths)}")
 
@@ -47,25 +123,28 @@ class Method(Protocol):
     """What the runner needs from a method.
 
     ``fit`` receives a re-iterable of batches (iterate it once per epoch) holding the training
-    samples of one category, or of several for multi-class training.  ``predict`` returns
-    image scores, shape (B,), and anomaly maps, shape (B, H, W), float32, at the size of
-    ``batch.images``; higher means more anomalous.  ``state_dict`` returns tensors only (so
-    that it can be saved without pickle) and ``load_state_dict`` restores a fitted method.
+    samples the harness selected for the fit unit (one category, or several for multi-class
+    training) and the :class:`Setting`.  ``predict`` returns image scores, shape (B,), and
+    anomaly maps, shape (B, H, W), float32, at the size of ``batch.images``; higher means more
+    anomalous.  ``state_dict`` returns tensors only (the harness saves it with safetensors) and
+    ``load_state_dict`` restores a fitted method from it.
 
-    A method class also carries ``Config``, the dataclass of its options (exposed on the CLI
-    as ``--method-arg key=value``), and is built as ``cls(config)``.
+    A method class also carries ``card`` (its :class:`MethodCard`) and ``Config``, the dataclass
+    of its options (exposed on the CLI as ``--method-arg key=value``), and is built as
+    ``cls(config)``.
     """
 
     name: ClassVar[str]
+    card: ClassVar[MethodCard]
     config: Any
 
-    def fit(self, train: Iterable[Batch]) -> None: ...
+    def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None: ...
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 def image_score_from_map(maps: torch.Tensor, top_fraction: float) -> torch.Tensor:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.base import Batch, image_score_from_map
+from baselines.base import Batch, MethodCard, Setting, image_score_from_map
 
 GroupKey = tuple[str, str | None, str | None]
 
@@ -87,6 +87,9 @@ class GaussianMethod:
     """Per-pixel Gaussian statistics per (category, view, illumination)."""
 
     name: ClassVar[str] = "gaussian"
+    card: ClassVar[MethodCard] = MethodCard(settings=("single-class", "multi-class", "few-shot"))
+    """Statistics are per category and pixel-aligned pose, so nothing transfers to a category
+    never seen in training: no zero-shot."""
     Config: ClassVar[type] = GaussianConfig
 
     def __init__(self, config: GaussianConfig | None = None) -> None:
@@ -94,7 +97,7 @@ class GaussianMethod:
         self._means: dict[GroupKey, torch.Tensor] = {}
         self._inverse_stds: dict[GroupKey, torch.Tensor] = {}
 
-    def fit(self, train: Iterable[Batch]) -> None:
+    def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
         """Accumulate the per-pixel mean and variance of every group in one pass."""
         moments: dict[GroupKey, _Moments] = {}
         for batch in train:

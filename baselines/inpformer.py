@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,7 +45,7 @@ from torch import nn
 
 from baselines import weights
 from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, Mlp, ViTConfig, infer_vit_config, softmax_attention
-from baselines.base import Batch
+from baselines.base import Batch, MethodCard, Setting
 
 logger = logging.getLogger(__name__)
 
@@ -475,10 +474,6 @@ class INPFormerConfig:
     """``auto`` (the registry's ``dinov2_<encoder>_reg4_pretrain``), a registry name, a file path,
     or ``random`` (untrained encoder; smoke tests only)."""
     num_prototypes: int = 6
-    multi_class: bool = True
-    """One model for all training categories (official multi-class); ``False`` trains one per category."""
-    shots: int = 0
-    """Few-shot: train on this many random normal images per category, each augmented x22 as the official code."""
     input_size: int | None = None
     crop_size: int | None = None
     epochs: int | None = None
@@ -493,7 +488,7 @@ class INPFormerConfig:
     lr_step_epoch: int | None = None
     grad_clip: float | None = None
     seed: int | None = None
-    """Seed of the initialisation, shuffling and few-shot sampling; ``None`` draws one from torch's
+    """Seed of the initialisation and shuffling; ``None`` draws one from torch's
     global generator, which the runner seeds per cell (the official code used 1, M2AD's 42)."""
     map_size: int | None = None
     smoothing: str | None = None
@@ -516,8 +511,8 @@ class INPFormerConfig:
             raise ValueError(f"smoothing must be official, scipy or none, got {self.smoothing!r}")
         if self.crop_size > self.input_size or self.crop_size < 14:
             raise ValueError(f"crop_size must be in [14, input_size], got {self.crop_size} with input_size {self.input_size}")
-        if min(self.epochs, self.batch_size, self.num_prototypes) < 1 or self.shots < 0:
-            raise ValueError("epochs, batch_size and num_prototypes must be positive, shots >= 0")
+        if min(self.epochs, self.batch_size, self.num_prototypes) < 1:
+            raise ValueError("epochs, batch_size and num_prototypes must be positive")
         if len(self.betas) != 2:
             raise ValueError(f"betas needs two values, got {self.betas}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -571,9 +566,16 @@ def few_shot_augment(image: torch.Tensor) -> torch.Tensor:
 
 
 class INPFormer:
-    """INP-Former behind the runner's method interface (``baselines.base.Method``)."""
+    """INP-Former behind the runner's method interface (``baselines.base.Method``).
+
+    One fit trains one model on every image it is given: the harness gives it one category
+    (single-class), every category (multi-class), the shots it drew (few-shot; each training
+    image is then augmented x22 as the official few-shot script does) or another dataset
+    (zero-shot, the official cross-dataset recipe).
+    """
 
     name: ClassVar[str] = "inpformer"
+    card: ClassVar[MethodCard] = MethodCard(weights=tuple(f"dinov2_{size}_reg4_pretrain" for size in VIT_PRESETS))
     Config: ClassVar[type] = INPFormerConfig
 
     def __init__(self, config: INPFormerConfig | None = None) -> None:
@@ -582,7 +584,7 @@ class INPFormer:
             raise ValueError("inpformer: device=cuda but CUDA is not available here")
         self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
         self._encoder: DinoVisionTransformer | None = None
-        self.models: dict[str, INPFormerModel] = {}
+        self.model: INPFormerModel | None = None
         self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
 
     @property
@@ -624,34 +626,25 @@ class INPFormer:
         arch = replace(self.arch, encoder=encoder.config)
         return INPFormerModel(arch, encoder=encoder).to(self.device)
 
-    def _collect(self, train: Iterable[Batch]) -> dict[str, torch.Tensor]:
-        """Training images per training group: uint8 resized crops (normalised per batch, which
-        keeps memory at a quarter of float32), or normalised float32 augmentations (few-shot)."""
-        groups: dict[str, list[torch.Tensor]] = {}
-        for batch in train:
-            images = resize_crop(batch.images, self.config.input_size, self.config.crop_size)
-            for index, category in enumerate(batch.categories):
-                groups.setdefault(category, []).append(images[index])
-        if not groups:
+    def _collect(self, train: Iterable[Batch], augment: bool) -> torch.Tensor:
+        """Every training image as uint8 resized crops (normalised per batch later, which keeps
+        memory at a quarter of float32), or, with ``augment`` (few-shot), their 22 official
+        augmentations each as normalised float32."""
+        crops = [resize_crop(batch.images, self.config.input_size, self.config.crop_size) for batch in train]
+        if not crops:
             raise ValueError("inpformer: no training images")
-        stacked = {category: torch.stack(items) for category, items in groups.items()}
-        if self.config.shots:
-            rng = random.Random(self.seed)
-            for category, images in stacked.items():
-                chosen = rng.sample(range(len(images)), min(self.config.shots, len(images)))
-                stacked[category] = torch.cat([few_shot_augment(normalize(images[index : index + 1])[0]) for index in chosen])
-        if self.config.multi_class or self.config.shots:
-            return {"*": torch.cat(list(stacked.values()))}
-        return stacked
+        images = torch.cat(crops)
+        if augment:
+            return torch.cat([few_shot_augment(normalize(images[index : index + 1])[0]) for index in range(len(images))])
+        return images
 
-    def fit(self, train: Iterable[Batch]) -> None:
-        """Train one model (multi-class or few-shot) or one per category with the preset's recipe."""
+    def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
+        """Train one model on the training images with the preset's recipe; with shots (few-shot)
+        on the official x22 augmentations of each shot image."""
         torch.manual_seed(self.seed)
-        self.models = {}
-        for group, images in self._collect(train).items():
-            model = self._new_model()
-            self.train_model(model, images)
-            self.models[group] = model.eval()
+        model = self._new_model()
+        self.train_model(model, self._collect(train, augment=setting.shots is not None))
+        self.model = model.eval()
 
     def train_model(self, model: INPFormerModel, images: torch.Tensor) -> list[float]:
         """The official training loop on uint8 crops or normalised float images; returns the
@@ -703,49 +696,28 @@ class INPFormer:
         and the uncovered border gets each map's minimum (the border is never seen, as in the
         official evaluation).
         """
-        if not self.models:
+        if self.model is None:
             raise RuntimeError("inpformer: predict called before fit")
         config = self.config
         images = preprocess(batch.images.to(self.device), config.input_size, config.crop_size)
-        scores = torch.empty(len(batch))
         height, width = batch.images.shape[-2:]
-        maps = torch.empty(len(batch), height, width)
-        keys = ["*"] * len(batch) if "*" in self.models else batch.categories
-        for key in dict.fromkeys(keys):
-            if key not in self.models:
-                raise ValueError(f"inpformer: no model was trained for category {key!r}")
-            rows = [index for index, item in enumerate(keys) if item == key]
-            score, crop_maps = self.models[key].predict(images[rows], map_size=config.map_size, smoothing=config.smoothing, top_fraction=config.top_fraction)
-            scores[rows] = score.float().cpu()
-            maps[rows] = _uncrop(crop_maps.float().cpu(), height, width, config.input_size, config.crop_size)
-        return scores.numpy().astype(np.float32), maps.numpy().astype(np.float32)
+        scores, crop_maps = self.model.predict(images, map_size=config.map_size, smoothing=config.smoothing, top_fraction=config.top_fraction)
+        maps = _uncrop(crop_maps.float().cpu(), height, width, config.input_size, config.crop_size)
+        return scores.float().cpu().numpy().astype(np.float32), maps.numpy().astype(np.float32)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The encoder once (``encoder.*``) and each trained head under ``<group>/`` (``*`` for multi-class)."""
-        state: dict[str, Any] = {f"encoder.{key}": value for key, value in self.encoder().state_dict().items()}
-        for group, model in self.models.items():
-            for key, value in model.state_dict().items():
-                if not key.startswith("encoder."):
-                    state[f"{group}/{key}"] = value
-        return state
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained model's state dict, with the official parameter names (``encoder.*``
+        included), so that ``load_official`` reads it too."""
+        if self.model is None:
+            raise RuntimeError("inpformer: state_dict called before fit")
+        return self.model.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the encoder and the trained heads written by ``state_dict``."""
-        encoder_state = {key[len("encoder.") :]: value for key, value in state.items() if key.startswith("encoder.")}
-        encoder = DinoVisionTransformer(infer_vit_config(encoder_state, num_heads=self.arch.encoder.num_heads))
-        encoder.load_state_dict(encoder_state, strict=True)
-        self._encoder = encoder.to(self.device).eval()
-        heads: dict[str, dict[str, Any]] = {}
-        for key, value in state.items():
-            group, sep, name = key.partition("/")
-            if sep:
-                heads.setdefault(group, {})[name] = value
-        self.models = {}
-        for group, head in heads.items():
-            model = self._new_model()
-            full = {**{f"encoder.{key}": value for key, value in encoder_state.items()}, **head}
-            model.load_state_dict(full, strict=True)
-            self.models[group] = model.eval()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a model written by ``state_dict`` (or an official checkpoint's state dict)."""
+        model = INPFormerModel(infer_arch(state, self.arch.target_layers))
+        model.load_state_dict(state, strict=True)
+        self.model = model.to(self.device).eval()
+        self._encoder = self.model.encoder
 
 
 def _uncrop(maps: torch.Tensor, height: int, width: int, input_size: int, crop_size: int) -> torch.Tensor:

@@ -41,7 +41,7 @@ from torch import nn
 
 from baselines import weights
 from baselines.backbones import efficientnet_lite, wide_resnet
-from baselines.base import Batch
+from baselines.base import Batch, MethodCard, Setting
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,9 @@ class PatchCore:
     """PatchCore: a coreset memory bank of locally aware patch features, nearest-neighbour scores."""
 
     name: ClassVar[str] = "patchcore"
+    card: ClassVar[MethodCard] = MethodCard(settings=("single-class", "multi-class", "few-shot"), weights=BACKBONES)
+    """A memory bank of one dataset's normal patches says nothing about another's: no zero-shot.
+    Few-shot keeps ``coreset_ratio`` of the shots' patches; ``coreset_ratio=1`` keeps them all."""
     Config: ClassVar[type] = PatchCoreConfig
 
     def __init__(self, config: PatchCoreConfig | None = None) -> None:
@@ -242,7 +245,7 @@ class PatchCore:
         """Coreset size after ``seen`` training patches, capped at half the pool."""
         return max(1, min(math.ceil(self.config.coreset_ratio * seen), self.config.max_pool_patches // 2))
 
-    def fit(self, train: Iterable[Batch]) -> None:
+    def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
         """Build the memory bank from every training patch, reducing it to a coreset on the fly."""
         generator = torch.Generator().manual_seed(self.config.seed)
         banked: list[torch.Tensor] = []  # the current coreset, once the pool has overflowed

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from baselines.base import Batch
+from baselines.base import Batch, MethodCard, Setting
 
 
 @dataclass
@@ -31,14 +31,15 @@ class RandomMethod:
     """Scores and maps drawn uniformly from [0, 1), reproducibly per (seed, sample id)."""
 
     name: ClassVar[str] = "random"
+    card: ClassVar[MethodCard] = MethodCard(needs_fit=False)
     Config: ClassVar[type] = RandomConfig
 
     def __init__(self, config: RandomConfig | None = None) -> None:
         self.config = config or RandomConfig()
         self._seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
 
-    def fit(self, train: Iterable[Batch]) -> None:
-        """Nothing to learn."""
+    def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
+        """Nothing to learn (training-free: the harness never calls this)."""
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """One uniform score and one uniform (H, W) map per image."""

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 import baselines
 from baselines import inpformer
+from baselines.base import Setting
 from baselines.inpformer import INPFormer, INPFormerConfig, load_official
 from baselines.weights import WeightsUnavailable
 from textures import method_batch, textures
@@ -188,9 +189,12 @@ def test_presets_overrides_and_cli_parsing() -> None:
     assert (official.lr, official.weight_decay, official.grad_clip, official.map_size, official.smoothing) == (1e-3, 1e-4, 0.1, 256, "official")
     paper = INPFormerConfig(preset="m2ad-paper", epochs=3)
     assert (paper.epochs, paper.batch_size, paper.optimizer, paper.lr, paper.betas, paper.crop_size) == (3, 12, "adam", 3.75e-3, (0.5, 0.999), 448)
-    kwargs = baselines.parse_method_args("inpformer", ["preset=m2ad-paper", "betas=0.9,0.99", "encoder=vits14", "multi_class=false"])
+    kwargs = baselines.parse_method_args("inpformer", ["preset=m2ad-paper", "betas=0.9,0.99", "encoder=vits14", "num_prototypes=4"])
     config = baselines.config_class("inpformer")(**kwargs)
-    assert config.betas == (0.9, 0.99) and config.encoder == "vits14" and config.multi_class is False and config.lr_step_epoch == 80
+    assert config.betas == (0.9, 0.99) and config.encoder == "vits14" and config.num_prototypes == 4 and config.lr_step_epoch == 80
+    for moved in ("multi_class", "shots"):  # the setting belongs to the harness (m2ad run --setting, --shots)
+        with pytest.raises(ValueError, match=f"no option '{moved}'"):
+            baselines.parse_method_args("inpformer", [f"{moved}=1"])
     for bad in ({"preset": "nope"}, {"encoder": "vith14"}, {"crop_size": 500}, {"smoothing": "box"}, {"betas": (0.9,)}):
         with pytest.raises(ValueError):
             INPFormerConfig(**bad)
@@ -244,26 +248,27 @@ def test_overfit_detects_obvious_defects_and_round_trips_state() -> None:
     np.testing.assert_allclose(again_maps, bad_maps, rtol=1e-4, atol=1e-6)
 
 
-def test_single_class_trains_one_model_per_category_and_crop_border() -> None:
+def test_one_fit_trains_one_model_on_every_category_given_and_crop_border() -> None:
     images, _ = textures(4, 3, size=64, square=14)
-    method = INPFormer(INPFormerConfig(encoder="tiny", encoder_weights="random", input_size=64, crop_size=56, epochs=1, batch_size=2, warmup_iters=0, multi_class=False, device="cpu"))
+    method = INPFormer(INPFormerConfig(encoder="tiny", encoder_weights="random", input_size=64, crop_size=56, epochs=1, batch_size=2, warmup_iters=0, device="cpu"))
+    seen: list[int] = []
+    original = method.train_model
+    method.train_model = lambda model, data: seen.append(len(data)) or original(model, data)  # type: ignore[method-assign]
     method.fit([method_batch(images, ["a", "a", "b", "b"])])
-    assert sorted(method.models) == ["a", "b"]
-    assert method.models["a"].encoder is method.models["b"].encoder
-    scores, maps = method.predict(method_batch(images[:2], ["b", "a"]))
+    assert seen == [4], "the harness decides the fit unit: one model on what it is given"
+    scores, maps = method.predict(method_batch(images[:2], ["b", "z"]))
     assert maps.shape == (2, 64, 64) and np.isfinite(scores).all()
     assert np.all(maps[:, :4] == maps.reshape(2, -1).min(axis=1)[:, None, None])  # 448->392 border: never seen
-    with pytest.raises(ValueError, match="no model was trained for category 'z'"):
-        method.predict(method_batch(images[:1], ["z"]))
+    assert set(method.state_dict()) == set(inpformer.load_official(method.state_dict()).state_dict()), "official parameter names"
 
 
-def test_few_shot_trains_one_model_on_augmented_shots(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_few_shot_trains_on_the_official_augmentations_of_the_harness_shots(monkeypatch: pytest.MonkeyPatch) -> None:
     images, _ = textures(6, 4, size=28, square=14)
-    method = INPFormer(INPFormerConfig(encoder="tiny", encoder_weights="random", input_size=28, crop_size=28, epochs=1, batch_size=22, warmup_iters=0, shots=1, multi_class=False, seed=5, device="cpu"))
+    method = INPFormer(INPFormerConfig(encoder="tiny", encoder_weights="random", input_size=28, crop_size=28, epochs=1, batch_size=22, warmup_iters=0, seed=5, device="cpu"))
     seen: list[int] = []
     original = method.train_model
     monkeypatch.setattr(method, "train_model", lambda model, data: seen.append(len(data)) or original(model, data))
-    method.fit([method_batch(images, ["a", "a", "a", "b", "b", "b"])])
-    assert list(method.models) == ["*"] and seen == [2 * 22]
+    method.fit([method_batch(images[:2], ["a", "b"])], Setting("few-shot", shots=1))
+    assert seen == [2 * 22], "every image the harness drew, augmented x22"
     scores, maps = method.predict(method_batch(images[:2], ["a", "b"]))
     assert maps.shape == (2, 28, 28) and np.isfinite(maps).all()
