@@ -32,9 +32,10 @@ import polars as pl
 from PIL import Image
 
 import protocols
-from baselines.base import Batch
+from baselines.base import Batch, MethodCard, Setting
 from m2ad.data import iter_batches, load_manifest
-from m2ad.runner import CellSpec, execute_cell
+from m2ad.run.cell import execute_cell
+from m2ad.run.plan import CellSpec
 from m2ad.shard import shard_tree
 from m2ad.synth import generate
 
@@ -48,14 +49,15 @@ class NoOpMethod:
     """Learns nothing, scores every image 0 with an all-zero float32 map: the harness's floor."""
 
     name: ClassVar[str] = "noop"
+    card: ClassVar[MethodCard] = MethodCard(needs_fit=False)
     Config: ClassVar[type] = NoOpConfig
 
     def __init__(self, config: NoOpConfig) -> None:
         self.config = config
         self._zeros: dict[tuple[int, ...], np.ndarray] = {}
 
-    def fit(self, train: Iterable[Batch]) -> None:
-        """Nothing to learn (the training images are not even read)."""
+    def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
+        """Nothing to learn (training-free: the harness never calls it)."""
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Zero scores and zero maps (the same array for every batch of a shape: allocating
@@ -115,7 +117,7 @@ def harness(
         cell_dir=out / f"noop-{repeat}",
     )
     started, cpu_started = time.perf_counter(), time.process_time()
-    record = execute_cell(spec, report=lambda stage, images: None)
+    record = execute_cell(spec, report=lambda stage, done, total: None)
     return time.perf_counter() - started, time.process_time() - cpu_started, int(record["n_test"]), record["timings"]
 
 

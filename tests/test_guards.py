@@ -250,7 +250,7 @@ def test_an_unreachable_ray_address_fails_within_seconds(shards: Path, tmp_path:
 
 
 def test_a_ray_address_that_does_not_answer_as_ray_times_out_clearly() -> None:
-    from m2ad.runner import RunError, check_ray_address
+    from m2ad.run import RunError, check_ray_address
 
     for reply in (None, b"HTTP/1.1 400 Bad Request\r\n\r\n"):
         with socket.socket() as server:
@@ -522,7 +522,7 @@ def test_a_killed_submits_temporary_part_is_removed_later_and_a_live_ones_kept(t
 
 @pytest.mark.slow
 def test_the_ray_temporary_folders_of_a_run_are_removed(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from m2ad.runner import RunConfig, run
+    from m2ad.run import RunConfig, run
 
     system_temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     try:

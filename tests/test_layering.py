@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ORCHESTRATION = {"m2ad/cli", "m2ad/runner.py", "m2ad/embedded.py"}
+ORCHESTRATION = {"m2ad/cli", "m2ad/run", "m2ad/embedded.py"}
 
 # package (or module path prefix) -> top-level packages it must never import
 FORBIDDEN = {
     "m2ad": {"protocols", "baselines", "leaderboard"},
-    "protocols": {"baselines", "leaderboard", "m2ad.runner", "m2ad.embedded", "m2ad.cli"},
-    "baselines": {"protocols", "leaderboard", "m2ad.runner", "m2ad.embedded", "m2ad.cli"},
-    "leaderboard": {"baselines", "m2ad.runner", "m2ad.embedded", "m2ad.cli"},
+    "protocols": {"baselines", "leaderboard", "m2ad.run", "m2ad.embedded", "m2ad.cli"},
+    "baselines": {"protocols", "leaderboard", "m2ad.run", "m2ad.embedded", "m2ad.cli"},
+    "leaderboard": {"baselines", "m2ad.run", "m2ad.embedded", "m2ad.cli"},
 }
 METRICS_FORBIDDEN = {"m2ad.schema", "m2ad.data", "m2ad.shard", "m2ad.predictions", "datasets", "torch"}
 

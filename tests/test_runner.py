@@ -23,12 +23,13 @@ from typer.testing import CliRunner
 
 import baselines
 import m2ad.embedded as embedded
+import probe_method as probe_module
 import protocols
 from baselines.base import Batch
 from m2ad import data as m2ad_data
 from m2ad import files, predictions
 from m2ad.cli import app
-from m2ad.runner import RunConfig, RunError, run
+from m2ad.run import RunConfig, RunError, run
 from m2ad.shard import shard_tree
 from m2ad.synth import generate
 
@@ -58,58 +59,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
         log_to_driver=False,
     )
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the probe method below
+    ray.cloudpickle.register_pickle_by_value(probe_module)  # the workers cannot import the tests' folder
     yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.unregister_pickle_by_value(probe_module)
     ray.shutdown()
-
-
-@dataclasses.dataclass
-class ProbeConfig:
-    fail_category: str = ""
-    """Raise in fit for this category, every attempt."""
-    crash_marker: str = ""
-    """Kill the worker process in fit unless this file exists (it is created first): the
-    first attempt dies, the retry succeeds."""
-    require_gpu: bool = False
-    """Fail unless Ray assigned this task a GPU."""
-
-
-class ProbeMethod:
-    """A test-only method: constant maps, scores from the image mean, failures on request."""
-
-    name: ClassVar[str] = "probe"
-    Config: ClassVar[type] = ProbeConfig
-
-    def __init__(self, config: ProbeConfig) -> None:
-        self.config = config
-
-    def fit(self, train: Iterable[Batch]) -> None:
-        categories = {category for batch in train for category in batch.categories}
-        if self.config.require_gpu:
-            import ray
-
-            assert ray.get_gpu_ids(), "the task was given no GPU"
-        if self.config.fail_category in categories:
-            raise RuntimeError(f"boom in {self.config.fail_category}")
-        if self.config.crash_marker and not Path(self.config.crash_marker).exists():
-            Path(self.config.crash_marker).touch()
-            os._exit(3)
-
-    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        images = batch.images.float().numpy()
-        return images.mean(axis=(1, 2, 3)), images.mean(axis=1) / 255.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @pytest.fixture
 def probe_method(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(baselines._REGISTRY, "probe", f"{__name__}:ProbeMethod")
+    monkeypatch.setitem(baselines._REGISTRY, "probe", "probe_method:ProbeMethod")
     return "probe"
 
 
@@ -222,11 +180,16 @@ def test_failing_cell_loses_no_other_cell_and_the_cli_exits_nonzero(shards: Path
     for seed in (0, 1):
         good = json.loads((out / "cells" / f"probe__Cube__seed{seed}" / "cell.json").read_text())
         assert good["status"] == "ok" and good["metrics"]["image_auroc"] is not None
-        bad_dir = out / "cells" / f"probe__Ring__seed{seed}"
-        bad = json.loads((bad_dir / "cell.json").read_text())
-        assert bad["status"] == "failed" and bad["attempts"] == 2 and "boom in Ring" in bad["error"]
-        errors = (bad_dir / "error.txt").read_text()
+        # the fit failed twice (the cell is never tried without it) and the cell fails with its error
+        fit_dir = out / "fits" / f"probe__Ring__seed{seed}"
+        fit = json.loads((fit_dir / "fit.json").read_text())
+        assert fit["status"] == "failed" and fit["attempts"] == 2 and "boom in Ring" in fit["error"]
+        errors = (fit_dir / "error.txt").read_text()
         assert errors.count("Traceback") == 2 and "attempt 2 of 2 failed" in errors
+        assert not (fit_dir / "state.safetensors").exists()
+        bad = json.loads((out / "cells" / f"probe__Ring__seed{seed}" / "cell.json").read_text())
+        assert bad["status"] == "failed" and f"its fit probe__Ring__seed{seed} failed: RuntimeError: boom in Ring" in bad["error"]
+        assert bad["error_file"] == str(fit_dir / "error.txt") and str(fit_dir / "error.txt") in result.output.replace("\n", "")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed_cells"] == ["probe__Ring__seed0", "probe__Ring__seed1"]
     assert summary["methods"]["probe"]["complete"] is False
@@ -293,11 +256,12 @@ def test_killed_run_resumes_without_recomputing_and_matches_an_uninterrupted_run
 
 
 def test_ray_tasks_request_fake_gpus_and_survive_failures(shards: Path, tmp_path: Path, ray_cluster: None, probe_method: str) -> None:
-    marker = tmp_path / "crashed-once"
+    fit_marker, predict_marker, fit_log = tmp_path / "fit-crashed-once", tmp_path / "predict-crashed-once", tmp_path / "fits.log"
     config = RunConfig(
         protocol="invariant",
         methods=("probe",),
-        method_args={"probe": {"fail_category": "Ring", "crash_marker": str(marker), "require_gpu": True}},
+        method_args={"probe": {"fail_category": "Ring", "crash_marker": str(fit_marker), "predict_crash_marker": str(predict_marker),
+                               "require_gpu": True, "fit_log": str(fit_log)}},
         data=shards,
         seeds=(0,),
         out=tmp_path / "run",
@@ -307,15 +271,20 @@ def test_ray_tasks_request_fake_gpus_and_survive_failures(shards: Path, tmp_path
     )
     result = run(config, progress=False)
     assert result.failed == ["probe__Ring__seed0"]
-    errors = (tmp_path / "run" / "cells" / "probe__Ring__seed0" / "error.txt").read_text()
+    run_dir = tmp_path / "run"
+    errors = (run_dir / "fits" / "probe__Ring__seed0" / "error.txt").read_text()
     assert errors.count("boom in Ring") >= 2 and "attempt 2 of 2 failed" in errors
-    # the Cube cell's first attempt killed its worker; the retry succeeded
-    assert marker.exists()
-    cube = json.loads((tmp_path / "run" / "cells" / "probe__Cube__seed0" / "cell.json").read_text())
-    assert cube["attempts"] == 2
-    assert "attempt 1 of 2 failed" in (tmp_path / "run" / "cells" / "probe__Cube__seed0" / "error.txt").read_text()
-    assert cube["status"] == "ok" and cube["gpu_ids"], "the task ran with a GPU assigned"
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["gpus_per_task"] == 0.5
+    # the Cube fit's first attempt killed its worker and the retry succeeded; then the Cube cell's
+    # first attempt killed its worker while predicting, and the retry predicted from the saved fit
+    assert fit_marker.exists() and predict_marker.exists()
+    fit = json.loads((run_dir / "fits" / "probe__Cube__seed0" / "fit.json").read_text())
+    assert fit["status"] == "ok" and fit["attempts"] == 2 and fit["gpu_ids"]
+    cube = json.loads((run_dir / "cells" / "probe__Cube__seed0" / "cell.json").read_text())
+    assert cube["attempts"] == 2 and cube["status"] == "ok" and cube["gpu_ids"], "the task ran with a GPU assigned"
+    assert "attempt 1 of 2 failed" in (run_dir / "cells" / "probe__Cube__seed0" / "error.txt").read_text()
+    n_train = protocols.get("invariant").train_samples(m2ad_data.load_manifest(shards), "Cube").height
+    assert fit_log.read_text().splitlines() == [f"Cube {n_train} single-class None"], "the retried cell did not refit"
+    assert json.loads((run_dir / "config.json").read_text())["gpus_per_task"] == 0.5
 
     with pytest.raises(RunError, match="asks for 3 GPUs but the Ray cluster has 2"):
         run(dataclasses.replace(config, gpus_per_task=3.0, out=tmp_path / "too-many"), progress=False)
@@ -324,7 +293,7 @@ def test_ray_tasks_request_fake_gpus_and_survive_failures(shards: Path, tmp_path
 def test_a_real_ray_cluster_passes_the_address_check(ray_cluster: None) -> None:
     import ray
 
-    from m2ad.runner import check_ray_address
+    from m2ad.run import check_ray_address
 
     check_ray_address(ray.get_runtime_context().gcs_address, timeout=5.0)  # Ray's GCS answers as a gRPC server
 

@@ -1,4 +1,5 @@
-"""`m2ad run`: run methods over (category x seed) cells on Ray, resumably, and print the results."""
+"""`m2ad run`: run methods in a setting over (category x seed) cells on Ray, resumably, and print
+the results; `m2ad predict`: score new data with a saved fit."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ def run(
     ] = None,
     categories: Annotated[list[str] | None, typer.Option("--categories", "-c", help="Categories (repeat or separate with commas); default: all in the data.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each is one cell per method and category.")] = "0",
+    setting: Annotated[
+        str,
+        typer.Option(help="single-class (a fit per category), multi-class (one fit on all categories), few-shot (a fit per "
+                          "category on --shots shots drawn per seed) or zero-shot (no fit, or one on --train-data)."),
+    ] = "single-class",
+    shots: Annotated[
+        int | None,
+        typer.Option(help="Shots per category for few-shot (a shot is an image, or a specimen with all its images: see "
+                          "docs/settings.md); with multi-class, one fit on the shots of every category."),
+    ] = None,
+    train_data: Annotated[
+        Path | None, typer.Option(help="Zero-shot: fit once on every category of this other sharded dataset, test on --data.")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Run folder (default: runs/<protocol>-<methods>-<hash>, the same for the same command, so rerunning resumes)."),
@@ -50,13 +64,15 @@ def run(
     map_dtype: Annotated[str, typer.Option(help="Dtype of the stored anomaly maps: float16 or float32.")] = "float16",
     progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
 ) -> None:
-    """Run methods over every (method x category x seed) cell, write predictions and metrics to a
-    run folder, and print the result table.  Rerunning the same command skips finished cells;
+    """Run methods in a setting over every (method x category x seed) cell: fit each method once
+    per fit unit (saved under RUN_DIR/fits), predict and evaluate every category from the saved
+    fit, and print the result table.  Rerunning the same command reuses finished fits and cells;
     one run at a time holds a run folder.
     Exit status: 0 when every cell succeeded, 1 when some failed, 2 for bad input (including a
-    run folder in use, or a Ray address that does not answer)."""
-    from m2ad.runner import RunConfig, RunError
-    from m2ad.runner import run as run_grid
+    method that cannot work in the setting, a run folder in use, or a Ray address that does not
+    answer)."""
+    from m2ad.run import RunConfig, RunError
+    from m2ad.run import run as run_grid
 
     methods = tuple(dict.fromkeys(method or [DEFAULT_METHOD]))
     try:
@@ -67,6 +83,9 @@ def run(
             data=data,
             categories=split_names(categories),
             seeds=tuple(_seeds(seeds)),
+            setting=setting,
+            shots=shots,
+            train_data=train_data,
             out=out,
             executor=executor,
             ray_address=ray_address,
@@ -84,15 +103,59 @@ def run(
         fail(str(error), code=2)
     _print_tables(result.summary)
     console.print(
-        f"run folder: {result.run_dir}  ({len(result.computed)} cells computed, {len(result.skipped)} reused from an earlier run)"
+        f"run folder: {result.run_dir}  ({len(result.fits_computed)} fits trained, {len(result.fits_reused)} reused; "
+        f"{len(result.computed)} cells computed, {len(result.skipped)} reused from an earlier run)"
     )
-    if result.failed:
-        err_console.print(f"[bold red]{len(result.failed)} cell(s) failed[/] (tracebacks in cells/<id>/error.txt):")
-        for cell_id in result.failed:
-            error_file = result.run_dir / "cells" / cell_id / "error.txt"
-            last_line = next((line for line in reversed(error_file.read_text().splitlines()) if line.strip()), "")
-            err_console.print(f"  {cell_id}: {last_line}\n    {error_file}", highlight=False)
+    failed = [record for record in result.cells if record["status"] != "ok"]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} cell(s) failed[/] (tracebacks in the error.txt named below):")
+        for record in failed:
+            error_file = Path(record.get("error_file") or result.run_dir / "cells" / record["cell_id"] / "error.txt")
+            last_line = next((line for line in reversed(record.get("error", "").splitlines()) if line.strip()), "")
+            err_console.print(f"  {record['cell_id']}: {last_line}\n    {error_file}", highlight=False)
         raise typer.Exit(1)
+
+
+def predict(
+    fit: Annotated[Path, typer.Option("--fit", help="A fit folder (RUN_DIR/fits/<fit_id>, with fit.json and state.safetensors).")],
+    data: Annotated[Path, typer.Option(help="Sharded dataset to score.")],
+    out: Annotated[Path, typer.Option(help="Predictions file to write (Parquet, docs/predictions.md).")],
+    categories: Annotated[
+        list[str] | None,
+        typer.Option("--categories", "-c", help="Categories to score (default: those the fit was trained for, all for zero-shot)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to score: test or train.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    map_dtype: Annotated[str, typer.Option(help="Dtype of the stored anomaly maps: float16 or float32.")] = "float16",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Score new data with a saved fit: every SPLIT sample of the categories, into a predictions
+    file that `m2ad evaluate` and `m2ad submit` read.  Exit status 2 for bad input."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from m2ad.predictions import MAP_DTYPES
+    from m2ad.run import RunError, predict_with_fit
+    from m2ad.schema import SPLITS
+
+    if split not in SPLITS:
+        fail(f"--split must be one of {', '.join(SPLITS)}, not {split!r}", code=2)
+    if map_dtype not in MAP_DTYPES:
+        fail(f"--map-dtype must be one of {', '.join(MAP_DTYPES)}, not {map_dtype!r}", code=2)
+    if batch_size < 1:
+        fail(f"--batch-size must be at least 1, got {batch_size}", code=2)
+    if out.is_dir():
+        fail(f"--out {out} is a folder; give the predictions file's path", code=2)
+    bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeRemainingColumn(),
+                   disable=not progress, transient=True)
+    task = bar.add_task("predict", total=None)
+    try:
+        with bar:
+            written = predict_with_fit(fit, data, out, categories=split_names(categories), split=split, batch_size=batch_size,
+                                       map_dtype=map_dtype, report=lambda stage, done, total: bar.update(task, completed=done, total=total))
+    except (RunError, ValueError, FileNotFoundError) as error:
+        fail(str(error), code=2)
+    console.print(f"wrote {written['images']} predictions of {', '.join(written['categories'])} to {out} (fit {written['fit']})",
+                  highlight=False)
 
 
 def _names(text: str | None) -> list[str]:
