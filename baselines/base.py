@@ -19,11 +19,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-SETTINGS = ("single-class", "multi-class", "few-shot", "zero-shot")
-"""``single-class``: one fit per category on its training images; ``multi-class``: one fit on the
-training images of every category; ``few-shot``: one fit per category on K shots drawn by the
-harness; ``zero-shot``: no fit on the target data (a training-free method, or a fit on another
-dataset, ``--train-data``).  See docs/settings.md."""
+from m2ad.settings import SETTINGS
+
 
 INPUTS = ("image", "image+xyz", "points")
 """What a method reads: RGB images (today), images with an aligned xyz map, or point clouds."""

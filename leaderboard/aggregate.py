@@ -1,5 +1,7 @@
 """Leaderboard aggregation with polars: the mean over categories (as the paper reports it) and
-ranks, one table per (protocol, dataset, resolution), plus the exports of ``show``.
+ranks, one table per (protocol, protocol version, dataset, resolution, setting, shots), plus the
+exports of ``show``.  Results of different settings are never ranked together: a few-shot or
+zero-shot number is not comparable with a full-data one, nor a 1-shot with a 4-shot one.
 
 A summary frame has the entry columns (:data:`ENTRY_COLUMNS`), the grouping column of the
 view (``category``, ``view`` or ``illumination`` when ``by`` asks for it), ``categories`` (how
@@ -20,8 +22,11 @@ import polars as pl
 import protocols
 from m2ad.text import printable
 
-ENTRY_COLUMNS = ("protocol", "dataset", "resolution", "source", "entry_id", "method", "variant", "backbone", "mode", "mask_rule")
-TABLE_KEYS = ("protocol", "dataset", "resolution")
+ENTRY_COLUMNS = (
+    "protocol", "protocol_version", "dataset", "resolution", "setting", "shots", "train_dataset",
+    "source", "entry_id", "method", "variant", "backbone", "mode", "mask_rule",
+)  # fmt: skip
+TABLE_KEYS = ("protocol", "protocol_version", "dataset", "resolution", "setting", "shots")
 BY_CHOICES = ("entry", "category", "view", "illumination")
 METRIC_ORDER = (
     "object_auroc", "object_ap", "object_f1max",
@@ -60,9 +65,11 @@ def filter_rows(
     resolution: str | None = None,
     metrics: list[str] | None = None,
     source: str | None = None,
+    setting: str | None = None,
 ) -> pl.DataFrame:
     """The store rows matching every given filter (``None`` keeps everything)."""
-    for column, wanted in (("protocol", protocol), ("dataset", dataset), ("resolution", resolution), ("source", source)):
+    for column, wanted in (("protocol", protocol), ("dataset", dataset), ("resolution", resolution), ("source", source),
+                           ("setting", setting)):
         if wanted is not None:
             frame = frame.filter(pl.col(column) == wanted)
     if metrics:
@@ -85,7 +92,8 @@ def summarize(frame: pl.DataFrame, by: str = "entry") -> pl.DataFrame:
     group = [] if by == "entry" else [by]
     keys = [*ENTRY_COLUMNS, *group]
     if rows.is_empty():
-        return pl.DataFrame(schema={**{key: pl.String for key in keys}, "categories": pl.UInt32, "mean_rank": pl.Float64})
+        types = {key: pl.Int32 if key == "shots" else pl.String for key in keys}
+        return pl.DataFrame(schema={**types, "categories": pl.UInt32, "mean_rank": pl.Float64})
     long = rows.group_by([*keys, "metric"]).agg(
         pl.col("value").mean().alias("value"), pl.col("value").is_not_null().sum().alias("categories")
     )
@@ -109,19 +117,28 @@ def metric_columns(summary: pl.DataFrame) -> list[str]:
     return [name for name in summary.columns if f"rank_{name}" in summary.columns]
 
 
-def split_tables(summary: pl.DataFrame) -> Iterator[tuple[dict[str, str], pl.DataFrame]]:
-    """One ``(key, frame)`` per (protocol, dataset, resolution), metrics without any value
-    in that table dropped."""
+def split_tables(summary: pl.DataFrame) -> Iterator[tuple[dict[str, str | None], pl.DataFrame]]:
+    """One ``(key, frame)`` per (protocol, protocol version, dataset, resolution, setting,
+    shots), metrics without any value in that table dropped; key values are text or None."""
     for key, part in summary.group_by(list(TABLE_KEYS), maintain_order=True):
         metrics = [name for name in metric_columns(part) if part[name].null_count() < part.height]
         dropped = [name for name in metric_columns(part) if name not in metrics]
         part = part.drop([*dropped, *(f"rank_{name}" for name in dropped)])
-        yield dict(zip(TABLE_KEYS, (str(value) for value in key))), part
+        yield dict(zip(TABLE_KEYS, (None if value is None else str(value) for value in key))), part
 
 
-def table_title(key: dict[str, str]) -> str:
-    """A human title for one table: ``synergy · m2ad · 256``."""
-    return printable(f"{key['protocol']} · {key['dataset']} · {key['resolution']}")
+def setting_label(setting: str | None, shots: str | int | None) -> str:
+    """``single-class``, ``few-shot, 2 shots``, or ``setting not given`` (older submissions)."""
+    if setting is None:
+        return "setting not given"
+    return f"{setting}, {shots} shot{'' if str(shots) == '1' else 's'}" if shots is not None else setting
+
+
+def table_title(key: dict[str, str | None]) -> str:
+    """A human title for one table: ``synergy · m2ad · 256 · single-class`` (the protocol's
+    version follows its name when it is not the first, e.g. ``synergy v2``)."""
+    protocol = key["protocol"] if key.get("protocol_version") in (None, "1") else f"{key['protocol']} v{key['protocol_version']}"
+    return printable(f"{protocol} · {key['dataset']} · {key['resolution']} · {setting_label(key.get('setting'), key.get('shots'))}")
 
 
 def format_value(value: float | None) -> str:
@@ -139,6 +156,8 @@ def best_per_column(frame: pl.DataFrame) -> dict[str, float | None]:
 def display_columns(frame: pl.DataFrame) -> list[str]:
     """Columns a human table shows, in order: who, how, the grouping column, metrics, rank."""
     leading = ["method", "variant", "source", "mode"]
+    if "train_dataset" in frame.columns and frame["train_dataset"].null_count() < frame.height:
+        leading.append("train_dataset")  # zero-shot entries trained on other datasets
     group = [name for name in ("category", "view", "illumination") if name in frame.columns]
     return [*leading, *group, "categories", *metric_columns(frame), "mean_rank"]
 

@@ -237,9 +237,7 @@ def render_figures(rows: pl.DataFrame, summary: pl.DataFrame, out: Path) -> dict
     figures: dict[int, list[Figure]] = {}
     for index, (key, part) in enumerate(split_tables(summary)):
         title = table_title(key)
-        table_rows = rows.filter(
-            (pl.col("protocol") == key["protocol"]) & (pl.col("dataset") == key["dataset"]) & (pl.col("resolution") == key["resolution"])
-        )
+        table_rows = rows.filter(pl.col("entry_id").is_in(part["entry_id"].implode()))
         found = []
         bars = f"{FIGURES_DIR}/table{index:02d}-bars.png"
         _bar_chart(part, out / bars, title)
@@ -281,7 +279,7 @@ def _html_table(part: pl.DataFrame) -> str:
 
 def _html_entries(rows: pl.DataFrame) -> str:
     """Provenance of every entry: who, when, from what, and the citation or link."""
-    columns = ["method", "variant", "backbone", "source", "submitter", "date", "code_version", "hardware", "predictions_sha256", "citation", "note"]
+    columns = ["method", "variant", "backbone", "source", "setting", "shots", "train_dataset", "protocol_version", "submitter", "date", "code_version", "hardware", "predictions_sha256", "citation", "note"]
     entries = rows.group_by("entry_id", maintain_order=True).agg([pl.col(name).first() for name in columns])
     head = "".join(f'<th scope="col">{html.escape(name)}</th>' for name in ["entry_id", *columns])
     body = []
@@ -312,7 +310,8 @@ def render_html(rows: pl.DataFrame, summary: pl.DataFrame, figures: dict[int, li
         )
         sections.append(
             f'<section id="{anchor}" data-protocol="{html.escape(printable(key["protocol"]), quote=True)}" '
-            f'data-resolution="{html.escape(printable(key["resolution"]), quote=True)}">'
+            f'data-resolution="{html.escape(printable(key["resolution"]), quote=True)}" '
+            f'data-setting="{html.escape(printable(key["setting"] or ""), quote=True)}">'
             f"<h2>{html.escape(table_title(key))}</h2>{_html_table(part)}{images}</section>"
         )
     if not sections:

@@ -22,6 +22,10 @@ Why this shape:
   loses the race to an unlink simply lists the folder again.
 - **A versioned schema.**  Each file carries ``m2ad.leaderboard`` metadata with its
   ``schema_version``; reading checks it and every column, and fails with a clear message.
+  Version 2 added the setting of a result (``setting``, ``shots``, ``train_dataset``) and the
+  ``protocol_version``.  Version 1 files are read and migrated in memory (:func:`migrate_v1`);
+  every rewrite (compaction, ``--replace``) writes version 2, so ``m2ad leaderboard compact``
+  migrates a store for good.
 
 Per-category rows have ``view`` and ``illumination`` null; the M2AD breakdowns of
 ``protocols.evaluate`` are stored as extra rows of the same metric with ``view`` and/or
@@ -46,9 +50,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import protocols
 from m2ad import ownership
+from m2ad.settings import SETTINGS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METADATA_KEY = b"m2ad.leaderboard"
 SOURCES = ("run", "submission", "paper")
 DATA_DIR = "data"
@@ -66,6 +72,10 @@ SCHEMA = pa.schema(
         pa.field("protocol", pa.string(), nullable=False),
         pa.field("mode", pa.string()),
         pa.field("mask_rule", pa.string()),
+        pa.field("protocol_version", pa.string()),
+        pa.field("setting", pa.string()),
+        pa.field("shots", pa.int32()),
+        pa.field("train_dataset", pa.string()),
         pa.field("dataset", pa.string(), nullable=False),
         pa.field("resolution", pa.string(), nullable=False),
         pa.field("category", pa.string(), nullable=False),
@@ -85,6 +95,11 @@ SCHEMA = pa.schema(
 )
 COLUMNS = tuple(SCHEMA.names)
 REQUIRED = tuple(field.name for field in SCHEMA if not field.nullable)
+V2_COLUMNS = ("protocol_version", "setting", "shots", "train_dataset")
+V1_COLUMNS = tuple(name for name in COLUMNS if name not in V2_COLUMNS)
+V1_SINGLE_CLASS_SOURCES = ("run", "paper")
+"""Sources whose version-1 rows were single-class: the runner fitted one model per category
+then, and the M2AD paper trains one model per class (reference m2ad.md section 11.1)."""
 
 
 class StoreError(ValueError):
@@ -122,10 +137,11 @@ def resolve_store_dir(store: str | Path | None = None) -> Path:
 def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Validate rows (dicts keyed by column name) and build an Arrow table in the store schema.
 
-    Unknown keys, missing required values, an unknown ``source`` or a non-numeric value are
-    errors: a bad row must never reach the store, where it would break every later read.
+    Unknown keys, missing required values, an unknown ``source`` or ``setting`` or a
+    non-numeric value are errors: a bad row must never reach the store, where it would break
+    every later read.  A row without ``protocol_version`` gets its known protocol's current one.
     """
-    rows = list(rows)
+    rows = [_with_protocol_version(row) for row in rows]
     for index, row in enumerate(rows):
         unknown = set(row) - set(COLUMNS)
         if unknown:
@@ -135,10 +151,20 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
             raise StoreError(f"row {index}: missing required values {missing}")
         if row["source"] not in SOURCES:
             raise StoreError(f"row {index}: source must be one of {SOURCES}, not {row['source']!r}")
+        if row.get("setting") is not None and row["setting"] not in SETTINGS:
+            raise StoreError(f"row {index}: setting must be one of {', '.join(SETTINGS)} (or null), not {row['setting']!r}")
+        if row.get("shots") is not None and (not isinstance(row["shots"], int) or row["shots"] < 1):
+            raise StoreError(f"row {index}: shots must be a positive integer (or null), not {row['shots']!r}")
     try:
         return pa.Table.from_pylist([{name: row.get(name) for name in COLUMNS} for row in rows], schema=SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise StoreError(f"rows do not fit the leaderboard schema: {error}") from error
+
+
+def _with_protocol_version(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    if row.get("protocol_version") is not None or row.get("protocol") not in protocols.available():
+        return row
+    return {**row, "protocol_version": str(getattr(protocols.get(row["protocol"]), "version", "1"))}
 
 
 def _file_metadata(supersedes: list[str]) -> dict[bytes, bytes]:
@@ -166,10 +192,32 @@ def _read_file_metadata(path: Path) -> dict[str, Any]:
         )
     if version < 1:
         raise StoreError(f"{path}: invalid leaderboard schema version {version}")
-    missing = [name for name in COLUMNS if name not in schema.names]
+    missing = [name for name in (V1_COLUMNS if version == 1 else COLUMNS) if name not in schema.names]
     if missing:
         raise StoreError(f"{path}: missing columns {missing}")
-    return info
+    return {**info, "schema_version": version}
+
+
+def migrate_v1(table: pa.Table) -> pa.Table:
+    """Version-1 rows in the version-2 schema: ``protocol_version`` "1" (every protocol's only
+    version then), ``setting`` single-class for runs and paper rows and unknown (null) for
+    submissions, no shots, and the target dataset as the training data (null)."""
+    single = pc.is_in(table["source"], pa.array(V1_SINGLE_CLASS_SOURCES))
+    added = {
+        "protocol_version": pa.array(["1"] * table.num_rows, pa.string()),
+        "setting": pc.if_else(single, pa.scalar("single-class"), pa.scalar(None, pa.string())),
+        "shots": pa.nulls(table.num_rows, pa.int32()),
+        "train_dataset": pa.nulls(table.num_rows, pa.string()),
+    }
+    columns = {name: table[name] for name in V1_COLUMNS} | added
+    return pa.table({name: columns[name] for name in COLUMNS}).cast(SCHEMA)
+
+
+def read_part(path: Path) -> pa.Table:
+    """One part file's rows in the current schema (version-1 files migrated)."""
+    if _read_file_metadata(path)["schema_version"] == 1:
+        return migrate_v1(pq.read_table(path, columns=list(V1_COLUMNS)))
+    return pq.read_table(path, schema=SCHEMA)
 
 
 class Store:
@@ -233,7 +281,7 @@ class Store:
         """
         tables = []
         for part in parts:
-            table = pq.read_table(part, schema=SCHEMA)
+            table = read_part(part)
             if drop_entries:
                 keep = pc.invert(pc.is_in(table["entry_id"], pa.array(sorted(drop_entries))))
                 table = table.filter(keep)
@@ -250,12 +298,14 @@ class Store:
         return written
 
     def compact(self) -> int:
-        """Merge every live part into one file (atomically for readers); returns the row count."""
+        """Merge every live part into one file (atomically for readers), in the current schema
+        version (so an older store is migrated for good); returns the row count."""
         with self.lock():
             if self.data_dir.is_dir():
                 ownership.remove_dead_temp_files(self.data_dir, "part-*.parquet.*")
             parts = self._live_parts()
-            if len(parts) > 1 or self._superseded_parts():
+            outdated = any(_read_file_metadata(part)["schema_version"] < SCHEMA_VERSION for part in parts)
+            if len(parts) > 1 or self._superseded_parts() or outdated:
                 self._rewrite(parts, drop_entries=set(), extra=None)
             return self.read().height
 
@@ -347,7 +397,7 @@ class Store:
         for _ in range(20):
             try:
                 parts = self._live_parts()
-                tables = [pq.read_table(part, schema=SCHEMA) for part in parts]
+                tables = [read_part(part) for part in parts]
             except FileNotFoundError:
                 continue  # a rewrite unlinked a part we listed: its rows are in a newer file
             if not tables:

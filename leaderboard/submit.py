@@ -5,6 +5,11 @@ M2AD breakdown rows (per view, per illumination, per view x illumination; AUROC)
 and/or ``illumination`` set.  A submission's entry id is derived from its predictions hash,
 protocol and evaluation mode, so resubmitting the same file is recognised: refused, or with
 ``replace`` swapped in atomically.
+
+Every row records the setting the predictions were made in (``setting``, ``shots``,
+``train_dataset``): given by the submitter, or read from the predictions file's header, which
+``m2ad run`` writes; a submitter's value that contradicts the header is refused.  The
+``protocol_version`` is the protocol's (``"1"`` for protocols that declare none).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import protocols
 from leaderboard.store import Store, to_table
 from m2ad.files import sha256_file
 from m2ad.predictions import read as read_predictions
 from m2ad.schema import DatasetInfo
+from m2ad.settings import SETTINGS
 from protocols.evaluate import evaluate
 
 # The AUROC each protocol's breakdown reports (``Evaluator.breakdown``): image level for the
@@ -107,6 +114,9 @@ def submit(
     hardware: str | None = None,
     mode: str = "exact",
     mask_rule: str = "exact",
+    setting: str | None = None,
+    shots: int | None = None,
+    train_dataset: str | None = None,
     replace: bool = False,
     progress: bool = True,
 ) -> Submission:
@@ -122,6 +132,7 @@ def submit(
         raise ValueError("--method must not be empty")
     predictions = Path(predictions)
     declared = read_predictions(predictions).info().metadata
+    setting_columns = _setting(declared, setting=setting, shots=shots, train_dataset=train_dataset)
     info = DatasetInfo.read(data)
     sha256 = sha256_file(predictions)
     if not replace:
@@ -137,6 +148,8 @@ def submit(
         "backbone": backbone,
         "dataset": result.get("dataset") or info.dataset,
         "resolution": str(info.resolution),
+        "protocol_version": str(getattr(protocols.get(protocol), "version", "1")),
+        **setting_columns,
         "config_hash": _text(declared.get("config_hash")),
         "code_version": _text(declared.get("code_version") or declared.get("m2ad_version") or result.get("m2ad_version")),
         "hardware": hardware or _text(declared.get("hardware")),
@@ -148,6 +161,20 @@ def submit(
     rows = result_rows(result, provenance)
     replaced = store.add_entry(to_table(rows), replace=replace)
     return Submission(entry_id=entry_id, rows=rows, replaced=replaced, result=result)
+
+
+def _setting(declared: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """The setting columns of a submission: each value given by the submitter, else the one the
+    predictions header declares; a given value that contradicts the header is an error."""
+    columns = {}
+    for name, value in given.items():
+        found = declared.get(name)
+        if value is not None and found is not None and value != found:
+            raise ValueError(f"--{name.replace('_', '-')} {value} contradicts the predictions file, which declares {name} {found}")
+        columns[name] = value if value is not None else found
+    if columns["setting"] is not None and columns["setting"] not in SETTINGS:
+        raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, not {columns['setting']!r}")
+    return columns
 
 
 def _text(value: Any) -> str | None:

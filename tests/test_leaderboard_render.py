@@ -35,7 +35,7 @@ def evil_rows() -> list[dict]:
     base = {
         "entry_id": "submission/synergy/exact/0123456789abcdef", "source": "submission", "method": EVIL_METHOD,
         "variant": EVIL_VARIANT, "backbone": "wrn50", "protocol": "synergy", "mode": "exact", "mask_rule": "exact",
-        "dataset": "m2ad", "resolution": "256", "submitter": EVIL_SUBMITTER, "citation": EVIL_CITATION,
+        "dataset": "m2ad", "resolution": "256", "setting": "single-class", "submitter": EVIL_SUBMITTER, "citation": EVIL_CITATION,
         "note": EVIL_NOTE, "predictions_sha256": "0123456789abcdef" * 4,
     }
     rng = np.random.default_rng(0)

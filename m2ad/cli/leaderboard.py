@@ -67,6 +67,15 @@ def submit(
     note: Annotated[str | None, typer.Option(help="Free note shown with the entry.")] = None,
     mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming or compat (official-evaluator replica).")] = "exact",
     mask_rule: Annotated[str, typer.Option(help="GT mask rule: exact or official (eroded, as the M2AD code).")] = "exact",
+    setting: Annotated[
+        str | None,
+        typer.Option(help="Setting the predictions were made in: single-class, multi-class, few-shot or zero-shot "
+                          "(default: what the predictions file declares; `m2ad run` files declare it)."),
+    ] = None,
+    shots: Annotated[int | None, typer.Option(help="Shots per category (few-shot; default: from the file).")] = None,
+    train_dataset: Annotated[
+        str | None, typer.Option(help="Dataset the method was trained on, when not the evaluated one (zero-shot).")
+    ] = None,
     replace: Annotated[bool, typer.Option(help="Replace an earlier submission of the same predictions file.")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -94,6 +103,9 @@ def submit(
             hardware=hardware,
             mode=mode,
             mask_rule=mask_rule,
+            setting=setting,
+            shots=shots,
+            train_dataset=train_dataset,
             replace=replace,
         )
     except PredictionsError as error:
@@ -116,12 +128,17 @@ def show(
     ] = None,
     by: Annotated[str, typer.Option(help="One row per: entry (mean over categories), category, view or illumination.")] = "entry",
     source: Annotated[str | None, typer.Option(help="Only entries from: run, submission or paper.")] = None,
+    setting: Annotated[
+        str | None, typer.Option(help="Only this setting: single-class, multi-class, few-shot or zero-shot.")
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="Output: table, markdown, csv or json.")] = "table",  # noqa: A002
     store: StoreOption = None,
 ) -> None:
-    """Show the leaderboard: mean over categories per entry (as the paper reports) and ranks."""
+    """Show the leaderboard: mean over categories per entry (as the paper reports) and ranks, one
+    table per (protocol and its version, dataset, resolution, setting and shots)."""
     from leaderboard import aggregate
     from leaderboard.store import SOURCES
+    from m2ad.settings import SETTINGS
 
     if format not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}", code=2)
@@ -129,6 +146,8 @@ def show(
         fail(f"--by must be one of {', '.join(aggregate.BY_CHOICES)}, not {by!r}", code=2)
     if source is not None and source not in SOURCES:
         fail(f"--source must be one of {', '.join(SOURCES)}, not {source!r}", code=2)
+    if setting is not None and setting not in SETTINGS:
+        fail(f"--setting must be one of {', '.join(SETTINGS)}, not {setting!r}", code=2)
     metrics = [name.strip() for item in metric or [] for name in item.split(",") if name.strip()]
     every_row = _read_rows(store)
     try:
@@ -136,7 +155,7 @@ def show(
     except ValueError as error:
         fail(str(error), code=2)
     rows = aggregate.filter_rows(
-        every_row, protocol=protocol, dataset=dataset, resolution=resolution, metrics=metrics, source=source
+        every_row, protocol=protocol, dataset=dataset, resolution=resolution, metrics=metrics, source=source, setting=setting
     )
     summary = aggregate.summarize(rows, by=by)
     if format == "markdown":
@@ -152,7 +171,7 @@ def show(
 
 
 def _print_rich_tables(summary: pl.DataFrame) -> None:
-    """One rich table per (protocol, dataset, resolution); the best value per column in bold green."""
+    """One rich table per (protocol, dataset, resolution, setting); the best value per column in bold green."""
     from rich.markup import escape
     from rich.table import Table
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import baselines
 import protocols
-from baselines.base import SETTINGS
 from m2ad.files import jsonable
 from m2ad.metrics import MODES as EVAL_MODES
 from m2ad.predictions import MAP_DTYPES
 from m2ad.schema import INFO_FILE, MANIFEST_FILE, MASK_RULES
+from m2ad.settings import SETTINGS
 
 EXECUTORS = ("ray", "local")
 MAX_SEED = 2**32 - 1
