@@ -571,7 +571,8 @@ class INPFormer:
     One fit trains one model on every image it is given: the harness gives it one category
     (single-class), every category (multi-class), the shots it drew (few-shot; each training
     image is then augmented x22 as the official few-shot script does) or another dataset
-    (zero-shot, the official cross-dataset recipe).
+    (zero-shot: the official cross-dataset training; its zero-shot map, the INP distance,
+    is not ported, so predictions use the reconstruction map of the other settings).
     """
 
     name: ClassVar[str] = "inpformer"
