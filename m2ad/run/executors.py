@@ -265,7 +265,7 @@ class RunProgress:
         if self.stages.get(key) != stage:
             self.stages[key] = stage
             self.images += done
-            self.progress.reset(task, total=total or None, completed=done, stage=stage)
+            self.progress.reset(task, total=total or None, completed=done, stage=stage, unit="images", status="")  # reset replaces the fields
         else:
             self.images += max(0, done - int(previous))
             self.progress.update(task, total=total or None, completed=done)
