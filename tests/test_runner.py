@@ -11,9 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,7 +25,6 @@ import baselines
 import m2ad.embedded as embedded
 import probe_method as probe_module
 import protocols
-from baselines.base import Batch
 from m2ad import data as m2ad_data
 from m2ad import files, predictions
 from m2ad.cli import app

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 import baselines
 import protocols
-from baselines.base import Batch, Setting
+from baselines.base import Batch
 from m2ad import data as m2ad_data
 from m2ad.files import jsonable, write_json_atomic
 from m2ad.metrics import all_finite
