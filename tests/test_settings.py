@@ -114,9 +114,10 @@ def test_multi_class_fits_once_and_predicts_every_category(shards: Path, tmp_pat
 # --------------------------------------------------------------------------- few-shot
 
 
-def test_few_shot_draws_are_the_same_for_every_method_and_differ_between_seeds(shards: Path, tmp_path: Path) -> None:
-    config = _config(shards, tmp_path / "few", methods=("gaussian", "patchcore"), setting="few-shot", shots=2, seeds=(0, 1),
-                     method_args={"patchcore": {"backbone": "efficientnet_lite0", "coreset_ratio": 1.0}})
+def test_few_shot_draws_are_the_same_for_every_method_and_differ_between_seeds(shards: Path, tmp_path: Path, probe: str) -> None:
+    fit_log = tmp_path / "fits.log"
+    config = _config(shards, tmp_path / "few", methods=("gaussian", probe), setting="few-shot", shots=2, seeds=(0, 1),
+                     method_args={probe: {"fit_log": str(fit_log)}})
     result = run(config, progress=False)
     assert result.ok and len(_fit_dirs(result.run_dir)) == 2 * 2 * 2  # method x category x seed
 
@@ -127,8 +128,8 @@ def test_few_shot_draws_are_the_same_for_every_method_and_differ_between_seeds(s
     for category in CATEGORIES:
         train = protocols.get("invariant").train_samples(manifest, category)
         for seed in (0, 1):
-            gaussian, patchcore = recorded("gaussian", category, seed), recorded("patchcore", category, seed)
-            assert gaussian["sample_ids"] == patchcore["sample_ids"] and gaussian["drawn_shots"] == patchcore["drawn_shots"]
+            gaussian, other = recorded("gaussian", category, seed), recorded(probe, category, seed)
+            assert gaussian["sample_ids"] == other["sample_ids"] and gaussian["drawn_shots"] == other["drawn_shots"]
             drawn = gaussian["drawn_shots"][category]
             # a shot of M2AD is a specimen with all its images (the synthetic set has views: specimen unit)
             assert gaussian["shot_unit"] == "specimen" and len(drawn) == 2 and len(set(drawn)) == 2
@@ -140,6 +141,8 @@ def test_few_shot_draws_are_the_same_for_every_method_and_differ_between_seeds(s
     assert plan["fits"]["gaussian__Cube__seed0"]["fit_hash"] != plan["fits"]["gaussian__Cube__seed1"]["fit_hash"]
     cells = {record["cell_id"]: record for record in result.cells}
     assert cells["gaussian__Cube__seed0"]["shots"] == 2 and cells["gaussian__Cube__seed0"]["n_train"] == 240
+    # the method saw exactly the drawn images, and was told the setting
+    assert sorted(fit_log.read_text().splitlines()) == [f"{category} 240 few-shot 2" for category in CATEGORIES for _ in (0, 1)]
 
 
 def test_shots_are_seeded_nested_and_independent_of_row_order() -> None:
