@@ -11,6 +11,8 @@ the samples, or no anomaly maps given).  The metric math is ``m2ad.metrics``'.
 
 Labels
 ------
+``mask_rule=None`` (the default) means ``official`` in the compat modes, which reproduce the
+official evaluation, and ``exact`` otherwise (``default_mask_rule``).
 ``mask_rule="exact"``: image labels are the stored ``label`` of the manifest.
 ``mask_rule="official"``: as the official M2AD evaluator does (reference m2ad.md section
 11.4/11.6), a sample's label is recomputed as the max of its GT mask under the official
@@ -26,6 +28,8 @@ pass ``value_range=(low, high)`` (for ``streaming`` any range that holds every v
 ``compat`` the exact min and max of the category's evaluated maps, which under ``synergy`` are
 the fused view maps).  Without ``value_range`` the evaluator keeps those maps in memory and takes
 their exact range at ``compute``, which is exact and simple but not bounded in memory.
+The compat modes also hand the official evaluator's inputs over in its dtype
+(``COMPAT_MAP_DTYPES``): float64, or float32 for ``compat-float32`` (scores included).
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
+from m2ad.metrics import COMPAT_MAP_DTYPES, PixelMetricAccumulator, grouped_auroc, image_metrics, map_value_range
 from m2ad.metrics import MODES as EVAL_MODES
-from m2ad.metrics import PixelMetricAccumulator, grouped_auroc, image_metrics, map_value_range
 from m2ad.schema import MASK_RULES
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
@@ -54,11 +58,13 @@ def _listing(items: Sequence[Any]) -> str:
     return shown + (f" (and {len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
 
 
-def _as_map(anomaly_map: Any) -> np.ndarray:
+def _as_map(anomaly_map: Any, keep_float64: bool = False) -> np.ndarray:
     """A map (or a (B, H, W) batch) as float32, or as it is when float16 (the metrics score
-    float16 exactly, and faster than after a conversion)."""
+    float16 exactly, and faster than after a conversion) or, if ``keep_float64``, float64."""
     array = np.asarray(anomaly_map)
-    return array if array.dtype == np.float16 else array.astype(np.float32, copy=False)
+    if array.dtype == np.float16 or (keep_float64 and array.dtype == np.float64):
+        return array
+    return array.astype(np.float32, copy=False)
 
 
 def _as_mask(mask: Any) -> np.ndarray:
@@ -73,6 +79,12 @@ def _as_batch(items: Sequence[np.ndarray] | np.ndarray, convert: Callable[[Any],
     if isinstance(items, np.ndarray) and items.ndim == 3:
         return convert(items)
     return [convert(item) for item in items]
+
+
+def default_mask_rule(mode: str) -> str:
+    """The mask rule when none is given: ``official`` for the compat modes (they reproduce the
+    official evaluation, eroded masks and mask-derived labels included), else ``exact``."""
+    return "official" if mode in COMPAT_MAP_DTYPES else "exact"
 
 
 def check_settings(mode: str, mask_rule: str, pro_limit: float) -> None:
@@ -95,8 +107,9 @@ class Evaluator(abc.ABC):
 
     metric_names: tuple[str, ...]
 
-    def __init__(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str = "exact", pro_limit: float = 0.3,
+    def __init__(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str | None = None, pro_limit: float = 0.3,
                  value_range: tuple[float, float] | None = None):
+        mask_rule = default_mask_rule(mode) if mask_rule is None else mask_rule
         check_settings(mode, mask_rule, pro_limit)
         missing_columns = [name for name in _REQUIRED_COLUMNS if name not in test_samples.columns]
         if missing_columns:
@@ -104,6 +117,8 @@ class Evaluator(abc.ABC):
         if test_samples.height == 0:
             raise ValueError("test_samples is empty: nothing to evaluate")
         self.mode, self.mask_rule, self.pro_limit = mode, mask_rule, pro_limit
+        self.official_dtype = COMPAT_MAP_DTYPES.get(mode)
+        """The dtype the official trainer hands the evaluator, in the compat modes (else None)."""
         self.sample_ids: list[str] = test_samples["sample_id"].to_list()
         self._row = {sample_id: row for row, sample_id in enumerate(self.sample_ids)}
         if len(self._row) != len(self.sample_ids):
@@ -217,6 +232,10 @@ class Evaluator(abc.ABC):
         if self.with_maps and self.without_maps:
             raise ValueError(f"anomaly maps were given for {self.with_maps} samples but not for {self.without_maps}")
 
+    def _scores_for_metrics(self) -> np.ndarray:
+        """The image scores, in the compat modes as the official trainer hands them over."""
+        return self.scores if self.official_dtype is None else self.scores.astype(self.official_dtype)
+
     def labels(self) -> np.ndarray:
         """Per-sample labels under the mask rule (see the module docstring)."""
         if self.mask_rule == "official":
@@ -264,7 +283,8 @@ class ImageEvaluator(Evaluator):
         rows, values = self._rows(sample_ids, scores)
         self._check_maps(len(rows), maps, masks)
         if maps is not None:
-            self._add_pixels(_as_batch(maps, _as_map), _as_batch(masks, _as_mask))
+            keep_float64 = self.official_dtype is not None
+            self._add_pixels(_as_batch(maps, lambda item: _as_map(item, keep_float64)), _as_batch(masks, _as_mask))
         self._record(rows, values, maps, masks)
 
     def merge(self, other: Evaluator) -> ImageEvaluator:
@@ -273,7 +293,7 @@ class ImageEvaluator(Evaluator):
 
     def compute(self) -> dict[str, float]:
         self._check_complete()
-        return {**image_metrics(self.scores, self.labels()), **self._pixel_metrics()}
+        return {**image_metrics(self._scores_for_metrics(), self.labels()), **self._pixel_metrics()}
 
     def counts(self) -> dict[str, int]:
         labels = self.labels()
@@ -283,15 +303,15 @@ class ImageEvaluator(Evaluator):
         if any(view is None for view in self.views) or any(light is None for light in self.illuminations):
             return None
         self._check_complete()
-        labels = self.labels()
+        labels, scores = self.labels(), self._scores_for_metrics()
         pairs = list(zip(self.views, self.illuminations))
-        per_pair = grouped_auroc(self.scores, labels, pairs)
+        per_pair = grouped_auroc(scores, labels, pairs)
         view_illumination: dict[str, dict[str, float]] = {}
         for (view, light), value in per_pair.items():
             view_illumination.setdefault(view, {})[light] = value
         return {
-            "view": grouped_auroc(self.scores, labels, self.views),
-            "illumination": grouped_auroc(self.scores, labels, self.illuminations),
+            "view": grouped_auroc(scores, labels, self.views),
+            "illumination": grouped_auroc(scores, labels, self.illuminations),
             "view_illumination": view_illumination,
         }
 
@@ -339,10 +359,11 @@ class Protocol(abc.ABC):
         return test
 
     @abc.abstractmethod
-    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str = "exact",
+    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str | None = None,
                       pro_limit: float = 0.3, value_range: tuple[float, float] | None = None) -> Evaluator:
         """A fresh evaluator for the test samples of one category (from ``test_samples``);
-        ``value_range``: see "Metric modes" in the module docstring."""
+        ``mask_rule=None``: ``default_mask_rule(mode)``; ``value_range``: see "Metric modes" in
+        the module docstring."""
 
     def __repr__(self) -> str:
         return f"<protocol {self.name}>"

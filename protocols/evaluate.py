@@ -45,7 +45,8 @@ from m2ad import data as m2ad_data
 from m2ad.files import jsonable, sha256_file
 from m2ad.predictions import PredictionsFile, validate
 from m2ad.schema import DatasetInfo
-from protocols.base import Evaluator, check_settings
+from m2ad.metrics import COMPAT_MAP_DTYPES
+from protocols.base import Evaluator, check_settings, default_mask_rule
 
 BATCH_SIZE = 64
 
@@ -84,14 +85,14 @@ def _value_range(protocol: protocols.Protocol, mode: str, image_range: tuple[flo
     """The ``value_range`` to give a category's evaluator (see ``protocols.base``): the range of
     its image maps, except for compat on fused maps, whose own exact range only the evaluator
     can take (it then keeps the fused maps until ``compute``)."""
-    if mode == "exact" or image_range is None or (mode == "compat" and protocol.fuses_maps):
+    if mode == "exact" or image_range is None or (mode in COMPAT_MAP_DTYPES and protocol.fuses_maps):
         return None
     low, high = image_range
     return (low, low + 1.0) if mode == "streaming" and low == high else (low, high)
 
 
 def evaluate_category(protocol: protocols.Protocol, test: pl.DataFrame, handle: PredictionsFile, reader: m2ad_data.ShardReader, *,
-                      mode: str, mask_rule: str, pro_limit: float, with_maps: bool, row_groups: Sequence[int] | None = None,
+                      mode: str, mask_rule: str | None, pro_limit: float, with_maps: bool, row_groups: Sequence[int] | None = None,
                       advance: Callable[[int], None] | None = None) -> Evaluator:
     """Feed one category's predictions from an open predictions file to a fresh evaluator and
     return it (call ``compute``, ``counts``, ``breakdown``).  ``test``: the category's test
@@ -101,6 +102,7 @@ def evaluate_category(protocol: protocols.Protocol, test: pl.DataFrame, handle: 
     feeds the metrics (except ``compat`` on fused maps, see ``protocols.base``).  This is the
     one path by which both ``evaluate`` and the runner's non-exact cells score a file, so the
     two agree exactly."""
+    mask_rule = default_mask_rule(mode) if mask_rule is None else mask_rule
     row_of = {sample_id: row for row, sample_id in enumerate(test["sample_id"])}
     image_range = _map_range(handle, row_of, row_groups) if with_maps and mode != "exact" else None
     evaluator = protocol.new_evaluator(test, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit,
@@ -120,15 +122,18 @@ def evaluate_category(protocol: protocols.Protocol, test: pl.DataFrame, handle: 
     return evaluator
 
 
-def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: str = "exact", mask_rule: str = "exact",
+def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: str = "exact", mask_rule: str | None = None,
              categories: Sequence[str] | None = None, pro_limit: float = 0.3, progress: bool = True) -> dict[str, Any]:
     """Score the predictions file ``predictions`` on the sharded dataset ``data`` under ``protocol``.
+
+    ``mask_rule=None``: ``official`` in the compat modes (as the official evaluator), else ``exact``.
 
     Raises ``ValueError`` for an unknown protocol, mode, mask rule or category,
     ``FileNotFoundError`` for missing inputs and ``m2ad.predictions.PredictionsError`` (listing the
     first offenders of each kind) for a predictions file that does not fit the test set.
     """
     chosen = protocols.get(protocol)
+    mask_rule = default_mask_rule(mode) if mask_rule is None else mask_rule
     check_settings(mode, mask_rule, pro_limit)
     root = Path(data)
     info = DatasetInfo.read(root)

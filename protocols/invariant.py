@@ -33,6 +33,6 @@ class Invariant(Protocol):
             raise ValueError("the manifest lacks the 'detectable' column")
         return test.filter(pl.col("detectable").fill_null(True))
 
-    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str = "exact",
+    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str | None = None,
                       pro_limit: float = 0.3, value_range: tuple[float, float] | None = None) -> ImageEvaluator:
         return ImageEvaluator(test_samples, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit, value_range=value_range)

@@ -20,6 +20,6 @@ class Standard(Protocol):
     metric_names = ImageEvaluator.metric_names
     description = "every test image independently (datasets without views)"
 
-    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str = "exact",
+    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str | None = None,
                       pro_limit: float = 0.3, value_range: tuple[float, float] | None = None) -> ImageEvaluator:
         return ImageEvaluator(test_samples, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit, value_range=value_range)

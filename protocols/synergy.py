@@ -16,10 +16,17 @@ As the official M2AD code implements it (reference m2ad.md section 11.2, ``m2ad_
 Instances are keyed by (specimen, object_label, view) and (specimen, object_label), as the
 official code keys them by object name and object anomaly.
 
+Compat modes fuse as ``m2ad_fuse`` does, on the dtype the official trainer hands over
+(``Evaluator.official_dtype``): the view map is ``np.mean`` of the maps stacked in illumination
+order (summed one after the other in that dtype, then divided), and the view and object scores
+are ``np.mean`` (pairwise summation) of the image scores in (view, illumination) order, the
+order of the official test loader (``sort_list_by_criteria``) and of ``test_samples``.  The
+other modes fuse in float64 whatever the order, and round the view map to float32.
+
 Memory: maps are fused as they arrive.  Each view instance with some but not all of its images
-seen keeps one float64 running sum and one mask; feed samples ordered by (specimen, view) (the
-order of ``test_samples``) and at most one view is open at a time.  Any order works, at the cost
-of more open views.
+seen keeps one float64 running sum and one mask (compat modes: a copy of each of its maps); feed
+samples ordered by (specimen, view) (the order of ``test_samples``) and at most one view is open
+at a time.  Any order works, at the cost of more open views.
 """
 
 from __future__ import annotations
@@ -42,9 +49,26 @@ VIEW_PIXEL_METRICS = ("view_pixel_auroc", "view_pixel_ap", "view_pixel_f1max", "
 class _OpenView:
     """The running fusion of a view instance whose images have not all been seen yet."""
 
-    map_sum: np.ndarray  # float64, so that the mean does not depend on the arrival order
+    map_sum: np.ndarray | None  # float64, so that the mean does not depend on the arrival order
+    maps: dict[int, np.ndarray] | None  # compat modes: each map by test-sample row, fused once complete
     mask: np.ndarray  # bool
     count: int
+
+    def fold_in(self, other: _OpenView) -> None:
+        """Add ``other``'s maps (other images of the same view) into this one."""
+        if self.map_sum is not None and other.map_sum is not None:
+            self.map_sum += other.map_sum
+        if self.maps is not None and other.maps is not None:
+            self.maps.update(other.maps)
+        self.mask |= other.mask
+        self.count += other.count
+
+
+def _group_means(values: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
+    """``np.mean`` of each group's values taken in row order, as ``m2ad_fuse`` averages a list."""
+    order = np.argsort(groups, kind="stable")
+    bounds = np.searchsorted(groups[order], np.arange(count + 1))
+    return np.array([np.mean(values[order[start:end]]) for start, end in zip(bounds[:-1], bounds[1:])], dtype=values.dtype)
 
 
 class SynergyEvaluator(Evaluator):
@@ -52,7 +76,7 @@ class SynergyEvaluator(Evaluator):
 
     metric_names = OBJECT_METRICS + VIEW_METRICS + VIEW_PIXEL_METRICS
 
-    def __init__(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str = "exact", pro_limit: float = 0.3,
+    def __init__(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str | None = None, pro_limit: float = 0.3,
                  value_range: tuple[float, float] | None = None):
         super().__init__(test_samples, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit, value_range=value_range)
         if test_samples["view"].null_count() or test_samples["illumination"].null_count():
@@ -71,14 +95,20 @@ class SynergyEvaluator(Evaluator):
         self._open: dict[int, _OpenView] = {}
         self.fused_views = 0
 
-    def _add_map(self, view: int, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
+    def _add_map(self, view: int, row: int, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
         open_view = self._open.get(view)
         if open_view is None:
-            open_view = self._open[view] = _OpenView(np.zeros(anomaly_map.shape), np.zeros(anomaly_map.shape, dtype=bool), 0)
-        if open_view.map_sum.shape != anomaly_map.shape:
+            compat = self.official_dtype is not None
+            open_view = self._open[view] = _OpenView(None if compat else np.zeros(anomaly_map.shape), {} if compat else None,
+                                                     np.zeros(anomaly_map.shape, dtype=bool), 0)
+        if open_view.mask.shape != anomaly_map.shape:
             specimen, _, view_name = self.view_keys[view]
-            raise ValueError(f"maps of view ({specimen}, {view_name}) differ in shape: {open_view.map_sum.shape} and {anomaly_map.shape}")
-        open_view.map_sum += anomaly_map
+            raise ValueError(f"maps of view ({specimen}, {view_name}) differ in shape: {open_view.mask.shape} and {anomaly_map.shape}")
+        if open_view.maps is not None:
+            open_view.maps[row] = np.array(anomaly_map)  # a copy: the caller may reuse its buffer
+        else:
+            assert open_view.map_sum is not None
+            open_view.map_sum += anomaly_map
         open_view.mask |= mask
         open_view.count += 1
         self._fuse_if_complete(view)
@@ -86,7 +116,12 @@ class SynergyEvaluator(Evaluator):
     def _fuse_if_complete(self, view: int) -> None:
         open_view = self._open[view]
         if open_view.count == self.view_sizes[view]:
-            mean_map = (open_view.map_sum / open_view.count).astype(np.float32)
+            if open_view.maps is not None:  # m2ad_fuse: np.mean(maps, axis=0) in the maps' dtype, illumination order
+                stacked = np.stack([open_view.maps[row] for row in sorted(open_view.maps)]).astype(self.official_dtype)
+                mean_map = np.mean(stacked, axis=0)
+            else:
+                assert open_view.map_sum is not None
+                mean_map = (open_view.map_sum / open_view.count).astype(np.float32)
             self._add_pixels([mean_map], [open_view.mask])
             del self._open[view]
             self.fused_views += 1
@@ -98,8 +133,10 @@ class SynergyEvaluator(Evaluator):
         rows, values = self._rows(sample_ids, scores)
         self._check_maps(len(rows), maps, masks)
         if maps is not None:
+            compat = self.official_dtype is not None
             for row, anomaly_map, mask in zip(rows, maps, masks):
-                self._add_map(int(self.view_of_row[row]), np.asarray(anomaly_map, dtype=np.float64), np.asarray(mask) > 0)
+                anomaly_map = np.asarray(anomaly_map) if compat else np.asarray(anomaly_map, dtype=np.float64)
+                self._add_map(int(self.view_of_row[row]), int(row), anomaly_map, np.asarray(mask) > 0)
         self._record(rows, values, maps, masks)
 
     def merge(self, other: Evaluator) -> SynergyEvaluator:
@@ -108,13 +145,12 @@ class SynergyEvaluator(Evaluator):
         for view, theirs in other._open.items():
             mine = self._open.get(view)
             if mine is None:
-                self._open[view] = _OpenView(theirs.map_sum.copy(), theirs.mask.copy(), theirs.count)
+                self._open[view] = _OpenView(None if theirs.map_sum is None else theirs.map_sum.copy(),
+                                             None if theirs.maps is None else dict(theirs.maps), theirs.mask.copy(), theirs.count)
             else:
-                if mine.map_sum.shape != theirs.map_sum.shape:
+                if mine.mask.shape != theirs.mask.shape:
                     raise ValueError(f"maps of view {self.view_keys[view]} differ in shape between the merged evaluators")
-                mine.map_sum += theirs.map_sum
-                mine.mask |= theirs.mask
-                mine.count += theirs.count
+                mine.fold_in(theirs)
             self._fuse_if_complete(view)
         self.fused_views += other.fused_views
         return self
@@ -132,7 +168,10 @@ class SynergyEvaluator(Evaluator):
         labels = self.labels()
         count = len(self.view_keys)
         # scores are stored per test-sample row, so the sums do not depend on arrival or merge order
-        score_sum = np.bincount(self.view_of_row, weights=self.scores, minlength=count)
+        if self.official_dtype is not None:
+            scores = _group_means(self._scores_for_metrics(), self.view_of_row, count)
+        else:
+            scores = np.bincount(self.view_of_row, weights=self.scores, minlength=count) / self.view_sizes
         label_max = np.zeros(count, dtype=np.int8)
         np.maximum.at(label_max, self.view_of_row, labels)
         return pl.DataFrame({
@@ -140,7 +179,7 @@ class SynergyEvaluator(Evaluator):
             "object_label": [key[1] for key in self.view_keys],
             "view": [key[2] for key in self.view_keys],
             "images": self.view_sizes,
-            "score": score_sum / self.view_sizes,
+            "score": scores,
             "label": label_max,
         })
 
@@ -149,11 +188,14 @@ class SynergyEvaluator(Evaluator):
         self._check_views_complete()
         count = len(self.object_keys)
         sizes = np.bincount(self.object_of_row, minlength=count)
-        score_sum = np.bincount(self.object_of_row, weights=self.scores, minlength=count)
+        if self.official_dtype is not None:
+            scores = _group_means(self._scores_for_metrics(), self.object_of_row, count)
+        else:
+            scores = np.bincount(self.object_of_row, weights=self.scores, minlength=count) / sizes
         return pl.DataFrame({
             "specimen": [key[0] for key in self.object_keys],
             "images": sizes,
-            "score": score_sum / sizes,
+            "score": scores,
             "label": np.array([key[1] for key in self.object_keys], dtype=np.int8),
         })
 
@@ -191,6 +233,6 @@ class Synergy(Protocol):
     description = "M2AD-Synergy: illuminations fused per view (mean score/map, max mask), views per specimen (mean score)"
     fuses_maps = True
 
-    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str = "exact",
+    def new_evaluator(self, test_samples: pl.DataFrame, *, mode: str = "exact", mask_rule: str | None = None,
                       pro_limit: float = 0.3, value_range: tuple[float, float] | None = None) -> SynergyEvaluator:
         return SynergyEvaluator(test_samples, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit, value_range=value_range)

@@ -148,6 +148,34 @@ def test_official_mask_rule_relabels_eroded_defects(dataset: dict, tmp_path: Pat
     assert eroded_total > 0  # the 2x downscale made some tiny defects vanish under the official rule
 
 
+@pytest.mark.filterwarnings("ignore")  # a category whose defects all vanish has a single class: NaN, with a warning
+@pytest.mark.parametrize("protocol", ["invariant", "synergy"])
+def test_compat_modes_use_the_official_masks_unless_told_otherwise(dataset: dict, protocol: str, tmp_path: Path) -> None:
+    """The official evaluator erodes the masks and recomputes image and view labels from them; the
+    compat modes do the same by default, and take the exact masks when asked."""
+    path, _, _ = random_predictions(dataset, tmp_path / "random.parquet", seed=4)
+    by_default = evaluate(protocol, dataset["root"], path, mode="compat-float32", progress=False)
+    official = evaluate(protocol, dataset["root"], path, mode="compat-float32", mask_rule="official", progress=False)
+    exact = evaluate(protocol, dataset["root"], path, mode="compat-float32", mask_rule="exact", progress=False)
+    assert by_default["mask_rule"] == "official" and exact["mask_rule"] == "exact"
+    assert by_default["categories"] == official["categories"] and by_default["counts"] == official["counts"]
+    unit = "images" if protocol == "invariant" else "views"
+    eroded = sum(exact["counts"][c][f"anomalous_{unit}"] - official["counts"][c][f"anomalous_{unit}"] for c in CATEGORIES)
+    assert eroded > 0  # labels recomputed from the eroded masks: some anomalous units became normal
+    if protocol == "synergy":  # a view is anomalous iff its fused (any-light) official mask has a pixel
+        for category in CATEGORIES:
+            views: dict[tuple, bool] = defaultdict(bool)
+            for i, r in dataset["records"].items():
+                if r["split"] == "test" and r["cls_name"] == category:
+                    views[r["object_name"], r["view"]] |= bool(dataset["masks"]["official"][i].any())
+            assert official["counts"][category]["anomalous_views"] == sum(views.values())
+    assert evaluate(protocol, dataset["root"], path, progress=False)["mask_rule"] == "exact"  # exact mode: unchanged
+    cli = CliRunner().invoke(app, ["evaluate", "--protocol", protocol, "--data", str(dataset["root"]), "--predictions", str(path),
+                                   "--mode", "compat", "--out", str(tmp_path / "compat.json")])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads((tmp_path / "compat.json").read_text())["mask_rule"] == "official"
+
+
 def test_which_predictions_are_accepted(dataset: dict, tmp_path: Path) -> None:
     records = dataset["records"]
     # detectable == False images may be omitted under invariant (and are ignored when present)
@@ -214,7 +242,7 @@ def test_binned_modes_end_to_end(dataset: dict, protocol: str, mode: str, tmp_pa
     """The value range given to streaming / compat: the category's image-map range, or for
     compat on fused maps the fused maps' own range; checked against ``m2ad.metrics``."""
     path, _, maps = random_predictions(dataset, tmp_path / "random.parquet", seed=5)
-    result = evaluate(protocol, dataset["root"], path, mode=mode, categories=["Ring"], progress=False)
+    result = evaluate(protocol, dataset["root"], path, mode=mode, mask_rule="exact", categories=["Ring"], progress=False)
     records, masks = dataset["records"], dataset["masks"]["exact"]
     ids = sorted(i for i, r in records.items() if r["split"] == "test" and r["cls_name"] == "Ring"
                  and (protocol == "synergy" or r["detectable"] is not False))
@@ -223,8 +251,9 @@ def test_binned_modes_end_to_end(dataset: dict, protocol: str, mode: str, tmp_pa
         groups: dict[tuple, list[str]] = defaultdict(list)
         for i in ids:
             groups[records[i]["object_name"], records[i]["view"]].append(i)
-        evaluated = [np.mean(np.stack([maps[i] for i in group]).astype(np.float64), axis=0).astype(np.float32)
-                     for group in groups.values()]
+        # compat: m2ad_fuse's float64 mean in illumination order (the sorted ids); streaming: rounded to float32
+        evaluated = [np.mean(np.stack([maps[i] for i in group]).astype(np.float64), axis=0) for group in groups.values()]
+        evaluated = [item if mode == "compat" else item.astype(np.float32) for item in evaluated]
         evaluated_masks = [np.any(np.stack([masks[i] for i in group]), axis=0) for group in groups.values()]
         expected = pixel_metrics(evaluated, evaluated_masks, mode=mode, value_range=image_range if mode == "streaming" else None)
         actual = [result["categories"]["Ring"][key] for key in ("view_pixel_auroc", "view_pixel_ap", "view_pixel_f1max", "view_aupro")]

@@ -15,10 +15,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 import protocols
-from m2ad.metrics import pixel_metrics
+from compat_reference import fused_view, official_pixel_metrics
+from m2ad.metrics import COMPAT_MAP_DTYPES, pixel_metrics
 from m2ad.schema import M2AD_ILLUMINATIONS, M2AD_VIEWS, MANIFEST_SCHEMA
 
 SIZE = 8
@@ -416,9 +417,10 @@ def test_binned_modes_see_the_evaluated_maps(manifest: pl.DataFrame, name: str, 
         masks[i] = np.zeros((SIZE, SIZE), bool)
         masks[i][3:5, 3:5] = bool(label)
         maps[i][masks[i]] += 0.3
-    if name == "synergy":
+    if name == "synergy":  # compat: m2ad_fuse's float64 mean in illumination order; streaming: rounded to float32
         groups = test.group_by(["specimen", "view"], maintain_order=True).agg("sample_id")["sample_id"].to_list()
-        evaluated = [np.mean(np.stack([maps[i] for i in group]).astype(np.float64), axis=0).astype(np.float32) for group in groups]
+        evaluated = [np.mean(np.stack([maps[i] for i in group]).astype(np.float64), axis=0) for group in groups]
+        evaluated = [item if mode == "compat" else item.astype(np.float32) for item in evaluated]
         evaluated_masks = [np.any(np.stack([masks[i] for i in group]), axis=0) for group in groups]
         keys = ("view_pixel_auroc", "view_pixel_ap", "view_pixel_f1max", "view_aupro")
     else:
@@ -434,3 +436,132 @@ def test_binned_modes_see_the_evaluated_maps(manifest: pl.DataFrame, name: str, 
         result = parts[0].merge(parts[1]).compute()
         for key, expected_value in zip(keys, expected.values()):
             assert result[key] == pytest.approx(expected_value, abs=1e-12), (key, value_range)
+
+
+# ---------------------------------------------------------------- compat: the official fusion
+
+
+def test_compat_view_scores_are_np_mean_in_illumination_order() -> None:
+    """Two score lists with the same exact mean, 0.1: ``np.mean`` (pairwise, as ``m2ad_fuse``)
+    gives 0.1 for the normal views' list and 0.10000000000000002 for the anomalous view's, while
+    a running float64 sum gives 0.09999999999999999 for both.  So compat breaks the tie (view
+    AUROC 1) that exact mode keeps (view AUROC 1/2)."""
+    normal_scores = [0.2, 0.2, 0.0, 0.0, 0.0, 0.1, 0.2, 0.1, 0.1, 0.1]
+    anomalous_scores = [0.0, 0.2, 0.1, 0.1, 0.1, 0.0, 0.2, 0.0, 0.2, 0.1]
+    assert np.mean(normal_scores) == 0.1 and np.mean(anomalous_scores) == 0.10000000000000002
+    manifest, records = _one_specimen_manifest()
+    synergy = protocols.get("synergy")
+    test = synergy.test_samples(manifest, "Ring")
+    scores = {}
+    for record in records:
+        visible = record["object_anomaly"] and record["view"] == "000"
+        scores[sample_id(record)] = (anomalous_scores if visible else normal_scores)[int(record["illumination"]) - 1]
+    results = {}
+    for mode in ("exact", "compat"):
+        evaluator = synergy.new_evaluator(test, mode=mode, mask_rule="exact")
+        feed(evaluator, test.sample(fraction=1.0, shuffle=True, seed=1), scores)  # arrival order does not matter
+        results[mode] = evaluator.compute()
+        views = evaluator.view_instances()
+        expected = {0: 0.1, 1: 0.10000000000000002} if mode == "compat" else {0: 0.09999999999999999, 1: 0.09999999999999999}
+        assert all(row["score"] == expected[row["label"]] for row in views.iter_rows(named=True)), mode
+    assert results["exact"]["view_auroc"] == 0.5
+    assert results["compat"]["view_auroc"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:AUPRO is undefined")
+def test_compat_fused_maps_are_means_in_the_dtype_the_trainer_hands_over() -> None:
+    """float16 maps; the class range is [0, 1] (a normal pixel at 1 in every light).  The defect
+    pixel's ten lights are 1, 1, 1, 1, 1, 2**-24, 0, 0, 0, 0.  In float64 the mean is
+    (5 + 2**-24) / 10 > 0.5.  In float32, 5 + 2**-24 rounds to 5, so the mean is exactly 0.5.
+    With eight normal pixels at 0.47, the best F1 threshold is 0.5 in float64: 1 hit, 2 predicted.
+    In float32 nothing is above 0.5 but the pixel at 1, so the best is 0.45: 1 hit, 10 predicted."""
+    manifest, records = _one_specimen_manifest()
+    synergy = protocols.get("synergy")
+    test = synergy.test_samples(manifest, "Ring")
+    maps, masks, scores = {}, {}, {}
+    defect_lights = [1.0] * 5 + [2.0**-24] + [0.0] * 4
+    for record in records:
+        key, light = sample_id(record), int(record["illumination"]) - 1
+        maps[key] = np.zeros((SIZE, SIZE), dtype=np.float16)
+        masks[key] = np.zeros((SIZE, SIZE), dtype=bool)
+        if record["view"] == "000" and record["object_anomaly"]:
+            maps[key][0, 0], masks[key][0, 0] = defect_lights[light], True
+        elif record["view"] == "000":
+            maps[key][0, 0], maps[key][1, :] = 1.0, 0.47
+        scores[key] = float(light)
+    assert np.float16(2.0**-24) == 2.0**-24  # the smallest float16 subnormal
+
+    def f1(hits: int, predicted: int) -> float:
+        precision, recall = hits / (predicted + 1e-8), hits / (1 + 1e-8)
+        return 2 * precision * recall / (precision + recall + 1e-8)
+
+    for mode, expected in (("compat", f1(1, 2)), ("compat-float32", f1(1, 10))):
+        evaluator = synergy.new_evaluator(test, mode=mode)
+        feed(evaluator, test, scores, maps, masks)
+        assert evaluator.compute()["view_pixel_f1max"] == pytest.approx(expected, abs=1e-15), mode
+
+
+def _all_test_manifest(seed: int) -> tuple[pl.DataFrame, list[dict]]:
+    """Two normal and two NG specimens of one category, every image in the test split."""
+    records = make_records(seed=seed, categories=("Ring",), normal=2, ng=2)
+    for record in records:
+        record["split"] = "test"
+    return manifest_from_records(records), records
+
+
+def _official_image_metrics(labels: list[int], scores: list[float]) -> tuple[float, float, float]:
+    """scikit-learn AUROC and AP, and F1-max over the PR curve ignoring non-finite values."""
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * precision * recall / (precision + recall)
+    return roc_auc_score(labels, scores), average_precision_score(labels, scores), float(np.max(f1[np.isfinite(f1)]))
+
+
+@pytest.mark.filterwarnings("ignore:AUPRO is undefined")
+@pytest.mark.parametrize("mode", list(COMPAT_MAP_DTYPES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compat_synergy_equals_the_brute_force_official_evaluation(mode: str, seed: int) -> None:
+    """Tied scores and maps (a few values), masks that vanish in some lights; fed in random order
+    to two evaluators that are merged.  Expected: each view fused in illumination order
+    (``compat_reference.fused_view``, scores by ``np.mean`` as ``m2ad_fuse``), view labels from
+    the fused masks, object labels from the records, image metrics by scikit-learn, pixel metrics
+    by the brute-force reference."""
+    dtype = COMPAT_MAP_DTYPES[mode]
+    manifest, records = _all_test_manifest(seed)
+    synergy = protocols.get("synergy")
+    test = synergy.test_samples(manifest, "Ring")
+    rng = np.random.default_rng(seed)
+    palette = np.array([0.0, 0.1, 0.25, 0.3, 1.0], dtype=np.float16)
+    maps, masks, scores = {}, {}, {}
+    for record in records:
+        key = sample_id(record)
+        maps[key] = palette[rng.integers(0, len(palette), (SIZE, SIZE))]
+        masks[key] = np.zeros((SIZE, SIZE), dtype=bool)
+        if record["image_anomaly"] and rng.random() < 0.8:
+            masks[key][2:4, 1 : 2 + int(rng.integers(0, 3))] = True
+            maps[key][masks[key]] = 1.0
+        scores[key] = float(rng.choice([0.0, 0.1, 0.2, 0.3])) + 0.1 * record["object_anomaly"]
+    shuffled = test.sample(fraction=1.0, shuffle=True, seed=seed)
+    parts = [synergy.new_evaluator(test, mode=mode) for _ in range(2)]
+    feed(parts[0], shuffled[::2], scores, maps, masks, batch=11)
+    feed(parts[1], shuffled[1::2], scores, maps, masks, batch=11)
+    result = parts[0].merge(parts[1]).compute()
+
+    view_rows: dict[tuple, list[dict]] = defaultdict(list)
+    object_rows: dict[str, list[dict]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r["object_name"], int(r["view"]), int(r["illumination"]))):
+        view_rows[record["object_name"], record["view"]].append(record)
+        object_rows[record["object_name"]].append(record)
+    fused_maps = [fused_view([maps[sample_id(r)] for r in rows], dtype) for rows in view_rows.values()]
+    fused_masks = [np.any([masks[sample_id(r)] for r in rows], axis=0) for rows in view_rows.values()]
+    view_scores = [np.mean(np.array([scores[sample_id(r)] for r in rows], dtype=dtype)) for rows in view_rows.values()]
+    object_scores = [np.mean(np.array([scores[sample_id(r)] for r in rows], dtype=dtype)) for rows in object_rows.values()]
+    expected = dict(zip(("view_auroc", "view_ap", "view_f1max"),
+                        _official_image_metrics([int(m.any()) for m in fused_masks], view_scores)))
+    expected.update(zip(("object_auroc", "object_ap", "object_f1max"),
+                        _official_image_metrics([rows[0]["object_anomaly"] for rows in object_rows.values()], object_scores)))
+    pixels = official_pixel_metrics(fused_maps, fused_masks, dtype)
+    expected.update({f"view_{key}": value for key, value in pixels.items()})
+    assert set(expected) == set(result)
+    for key, value in expected.items():
+        assert (math.isnan(value) and math.isnan(result[key])) or result[key] == pytest.approx(value, abs=1e-12), key

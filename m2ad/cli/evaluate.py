@@ -105,8 +105,8 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
     predictions: Annotated[Path, typer.Option(help="Predictions file (Parquet, see docs/predictions.md).")],
     out: Annotated[Path | None, typer.Option(help="Write the full result (per category, mean, breakdown, counts) as JSON here.")] = None,
-    mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming (bounded memory) or compat (the official M2AD evaluator's binning).")] = "exact",
-    mask_rule: Annotated[str, typer.Option(help="GT masks: exact (no defect vanishes when resized) or official (eroded, labels recomputed from the masks, as the official M2AD evaluator).")] = "exact",
+    mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming (bounded memory), compat (the official M2AD evaluation, on the float64 maps of its CDO/RD++/Dinomaly/INP-Former trainers) or compat-float32 (on the float32 maps of its MSFlow trainer).")] = "exact",
+    mask_rule: Annotated[str | None, typer.Option(help="GT masks: exact (no defect vanishes when resized) or official (eroded, labels recomputed from the masks, as the official M2AD evaluator). Default: official in the compat modes, else exact.")] = None,
     categories: Annotated[list[str] | None, typer.Option("--categories", "-c", help="Categories to evaluate (repeat or separate with commas); default: every category with test images.")] = None,
     pro_limit: Annotated[float, typer.Option(help="FPR integration limit of AUPRO.")] = 0.3,
 ) -> None:

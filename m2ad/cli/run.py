@@ -59,8 +59,8 @@ def run(
     cpus_per_task: Annotated[float, typer.Option(help="CPUs per cell (also its torch threads).")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Images per batch for fit and predict.")] = 32,
     retries: Annotated[int, typer.Option(help="Extra attempts for a failed cell (exception, out of memory, worker death).")] = 1,
-    mode: Annotated[str, typer.Option(help="Metric engine: exact, streaming or compat (official-code approximations).")] = "exact",
-    mask_rule: Annotated[str, typer.Option(help="GT masks: exact, or official (eroded as the M2AD evaluator does).")] = "exact",
+    mode: Annotated[str, typer.Option(help="Metric engine: exact, streaming, compat or compat-float32 (the official M2AD evaluation, see docs/metrics.md).")] = "exact",
+    mask_rule: Annotated[str | None, typer.Option(help="GT masks: exact, or official (eroded as the M2AD evaluator does). Default: official in the compat modes, else exact.")] = None,
     map_dtype: Annotated[str, typer.Option(help="Dtype of the stored anomaly maps: float16 or float32.")] = "float16",
     progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
 ) -> None:

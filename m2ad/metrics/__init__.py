@@ -5,6 +5,7 @@
 * ``pixel_metrics(maps, masks, *, pro_limit=0.3, mode="exact")`` -> ``pixel_auroc``,
   ``pixel_ap``, ``pixel_f1max``, ``aupro``, all pixels of all maps pooled;
 * ``point_metrics(scores, labels)`` -> the same without AUPRO, over ragged point clouds;
+* ``COMPAT_MAP_DTYPES``: the compat modes and the map dtype each reproduces the official code on;
 * ``PixelMetricAccumulator``: the mergeable accumulator behind them (``update``, ``merge``,
   ``compute``, ``error_bounds``), for streaming and for Ray workers.
 
@@ -14,9 +15,11 @@ and scipy only.
 
 from m2ad.metrics.accumulator import MODES, PixelMetricAccumulator, UndefinedMetricWarning, all_finite
 from m2ad.metrics.api import grouped_auroc, image_metrics, map_value_range, pixel_metrics, point_metrics
+from m2ad.metrics.compat import MAP_DTYPES as COMPAT_MAP_DTYPES
 from m2ad.metrics.streaming import DEFAULT_BINS
 
 __all__ = [
+    "COMPAT_MAP_DTYPES",
     "DEFAULT_BINS",
     "MODES",
     "PixelMetricAccumulator",

@@ -8,14 +8,14 @@ from typing import Literal
 
 import numpy as np
 
-from m2ad.metrics.compat import CompatState
+from m2ad.metrics.compat import MAP_DTYPES, CompatState
 from m2ad.metrics.curve import Curve, aupro_from_curve, auroc, average_precision, certified_error_bounds, f1_max
 from m2ad.metrics.exact import ExactState
 from m2ad.metrics.regions import region_weights
 from m2ad.metrics.streaming import DEFAULT_BINS, HistogramState
 
-Mode = Literal["exact", "streaming", "compat"]
-MODES = ("exact", "streaming", "compat")
+Mode = Literal["exact", "streaming", "compat", "compat-float32"]
+MODES = ("exact", "streaming", "compat", "compat-float32")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max")
 
 
@@ -85,9 +85,10 @@ class PixelMetricAccumulator:
       images; needs ``value_range=(low, high)``, the same for every accumulator that will be
       merged (scores outside it are clamped into the end bins).  ``error_bounds()`` gives a
       guaranteed bound on the deviation from exact;
-    * ``"compat"`` reproduces the official M2AD evaluator (``m2ad.metrics.compat``); needs
-      ``value_range`` = the exact (min, max) of all the category's maps, e.g. from a first pass
-      with ``map_value_range``.
+    * ``"compat"`` reproduces the official M2AD evaluator on the float64 maps its CDO, RD++,
+      Dinomaly and INP-Former trainers hand it, ``"compat-float32"`` on the float32 maps of its
+      MSFlow trainer (``m2ad.metrics.compat``); both need ``value_range`` = the exact (min, max)
+      of all the category's maps, e.g. from a first pass with ``map_value_range``.
 
     ``regions=False`` skips connected components and AUPRO, and accepts score arrays of any
     shape (point clouds).  ``merge`` adds another accumulator with the same settings; the object
@@ -126,7 +127,7 @@ class PixelMetricAccumulator:
                 raise ValueError(f"bins must be at least 2, got {bins}")
             self._state = HistogramState(low, high, bins)
         else:
-            self._state = CompatState(low, high)
+            self._state = CompatState(low, high, MAP_DTYPES[mode])
 
     def update(self, maps: Iterable[object], masks: Iterable[object]) -> None:
         """Add maps (2-D float arrays, or a 3-D batch) and their masks (non-zero = defect)."""
@@ -137,7 +138,7 @@ class PixelMetricAccumulator:
             return
         for anomaly_map, mask in _pairs(maps, masks):
             index = self.samples
-            values = as_score_array(anomaly_map, index, keep_float16=self.mode == "exact")
+            values = as_score_array(anomaly_map, index, keep_float16=self.mode != "streaming")
             defect = as_defect_mask(mask, index)
             if values.shape != defect.shape:
                 raise ValueError(f"map {index} has shape {values.shape} but its mask has shape {defect.shape}")
@@ -155,7 +156,7 @@ class PixelMetricAccumulator:
     def _update_batch(self, maps: np.ndarray, masks: np.ndarray) -> None:
         """``update`` for a (B, H, W) batch of maps and masks, added as one chunk of pixels:
         the metrics pool pixels, so only the PRO regions need the maps one by one."""
-        values = as_score_array(maps, self.samples, keep_float16=self.mode == "exact")
+        values = as_score_array(maps, self.samples, keep_float16=self.mode != "streaming")
         defect = as_defect_mask(masks, self.samples)
         if not all_finite(values):
             first = next(index for index in range(len(values)) if not all_finite(values[index]))
@@ -214,6 +215,13 @@ class PixelMetricAccumulator:
             if negatives and positives:
                 values = self._state.compute(self.pro_limit)
                 results.update({key: values[key] for key in results})
+                if self.regions and regions and np.isnan(results["aupro"]):
+                    warnings.warn(
+                        f"AUPRO is undefined in the official evaluation of these maps (no binned point at "
+                        f"FPR <= {self.pro_limit}, or PRO 0 on both sides of it): returning NaN",
+                        UndefinedMetricWarning,
+                        stacklevel=2,
+                    )
             return results
         assert curve is not None
         if negatives and positives:
@@ -228,7 +236,7 @@ class PixelMetricAccumulator:
         Compat mode reproduces a coarse reference evaluator and has no such bound.
         """
         if isinstance(self._state, CompatState):
-            raise ValueError("compat mode reproduces the official binned evaluator; it has no error bound")
+            raise ValueError(f"{self.mode} mode reproduces the official binned evaluator; it has no error bound")
         if self.samples == 0:
             raise ValueError("no maps were added")
         curve: Curve = self._state.curve()

@@ -15,6 +15,7 @@ from m2ad.metrics import MODES as EVAL_MODES
 from m2ad.predictions import MAP_DTYPES
 from m2ad.schema import INFO_FILE, MANIFEST_FILE, MASK_RULES
 from m2ad.settings import SETTINGS
+from protocols.base import default_mask_rule
 
 EXECUTORS = ("ray", "local")
 MAX_SEED = 2**32 - 1
@@ -62,7 +63,8 @@ class RunConfig:
     batch_size: int = 32
     retries: int = 1
     mode: str = "exact"
-    mask_rule: str = "exact"
+    mask_rule: str | None = None
+    """GT mask rule; None: ``official`` in the compat modes, else ``exact``."""
     map_dtype: str = "float16"
     """Dtype of the maps in the predictions files; the run evaluates the maps as stored."""
     local_num_cpus: int | None = None
@@ -70,6 +72,10 @@ class RunConfig:
     local_num_gpus: float | None = None
     """GPUs of the local Ray cluster that the run starts (None: detected).  Declaring GPUs on
     a machine without any is how the tests exercise GPU scheduling on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.mask_rule is None:
+            self.mask_rule = default_mask_rule(self.mode)
 
 
 def check_config(config: RunConfig) -> None:
