@@ -5,7 +5,7 @@ shards, writes the predictions file and evaluates image and pixel metrics: what 
 the decode floor is the harness's own cost.  The target is at most 20 % over the floor.
 
     .venv/bin/python benchmarks/runner.py [--resolution 256] [--normal 3] [--ng 3] [--repeats 9]
-                                          [--mode exact|streaming|compat] [--map-dtype float16|float32]
+                                          [--mode exact|streaming|compat|compat-float32] [--map-dtype float16|float32]
 
 Both are measured in the same run on the same images, interleaved; the ratio of each pair is
 printed as the median and range over the repeats, by wall clock and by CPU time of the process

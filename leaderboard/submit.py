@@ -113,7 +113,7 @@ def submit(
     note: str | None = None,
     hardware: str | None = None,
     mode: str = "exact",
-    mask_rule: str = "exact",
+    mask_rule: str | None = None,
     setting: str | None = None,
     shots: int | None = None,
     train_dataset: str | None = None,
@@ -121,7 +121,8 @@ def submit(
     progress: bool = True,
 ) -> Submission:
     """Validate and evaluate ``predictions`` against the sharded dataset ``data`` under
-    ``protocol`` and add the rows to ``store``.
+    ``protocol`` and add the rows to ``store``.  ``mask_rule=None``: ``official`` in the compat
+    modes, else ``exact`` (``protocols.base.default_mask_rule``).
 
     Raises ``m2ad.predictions.PredictionsError`` for a malformed file, ``ValueError`` for bad
     arguments, and ``leaderboard.store.DuplicateEntryError`` for a file already on the board

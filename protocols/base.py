@@ -134,15 +134,35 @@ class Evaluator(abc.ABC):
         self.value_range = value_range
         self._deferred: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._pixels: PixelMetricAccumulator | None = None
+        self._range: tuple[float, float] | None = None  # set by measure_range_only
         if mode == "exact" or value_range is not None:
             self._pixels = PixelMetricAccumulator(mode, pro_limit, value_range=value_range)
         else:
             self._deferred = []
 
+    def measure_range_only(self) -> None:
+        """Make this fresh evaluator a first pass that only records the (min, max) of the maps
+        its pixel metrics see (under ``synergy`` the fused view maps): ``evaluated_range()``.
+        Masks are then only needed for their shape."""
+        if self.seen.any():
+            raise ValueError("measure_range_only needs an evaluator that has not been fed yet")
+        self._deferred, self._pixels, self._range = None, None, (math.inf, -math.inf)
+
+    def evaluated_range(self) -> tuple[float, float]:
+        """The (min, max) recorded after ``measure_range_only``."""
+        if self._range is None:
+            raise ValueError("evaluated_range needs measure_range_only first")
+        return self._range
+
     def _add_pixels(self, maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
         """Feed evaluated maps (image or fused) to the pixel metrics, or keep them until the
         value range is known (``streaming`` / ``compat`` without ``value_range``)."""
-        if self._deferred is not None:
+        if self._range is not None:
+            low, high = self._range
+            for anomaly_map in maps:
+                low, high = min(low, float(np.min(anomaly_map))), max(high, float(np.max(anomaly_map)))
+            self._range = (low, high)
+        elif self._deferred is not None:
             self._deferred.extend(zip(maps, masks))
         else:
             assert self._pixels is not None

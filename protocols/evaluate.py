@@ -81,13 +81,28 @@ def _map_range(handle: PredictionsFile, wanted: Collection[str], row_groups: Seq
     return low, high
 
 
-def _value_range(protocol: protocols.Protocol, mode: str, image_range: tuple[float, float] | None) -> tuple[float, float] | None:
+def _fused_map_range(protocol: protocols.Protocol, test: pl.DataFrame, handle: PredictionsFile, row_of: dict[str, int],
+                     row_groups: Sequence[int] | None, mode: str) -> tuple[float, float]:
+    """(min, max) of the maps the protocol's pixel metrics see after fusion (compat needs the
+    fused maps' own exact range), in one pass that fuses and keeps nothing else."""
+    probe = protocol.new_evaluator(test, mode=mode, mask_rule="exact")
+    probe.measure_range_only()
+    for batch in handle.iter_batches(batch_size=BATCH_SIZE, row_groups=row_groups):
+        assert batch.maps is not None
+        keep = [index for index, sample_id in enumerate(batch.sample_ids) if sample_id in row_of]
+        maps = [batch.maps[index] for index in keep]
+        probe.update([batch.sample_ids[index] for index in keep], batch.scores[keep], maps,
+                     [np.zeros(np.shape(item), dtype=bool) for item in maps])
+    return probe.evaluated_range()
+
+
+def _value_range(protocol: protocols.Protocol, test: pl.DataFrame, handle: PredictionsFile, row_of: dict[str, int],
+                 row_groups: Sequence[int] | None, mode: str) -> tuple[float, float] | None:
     """The ``value_range`` to give a category's evaluator (see ``protocols.base``): the range of
-    its image maps, except for compat on fused maps, whose own exact range only the evaluator
-    can take (it then keeps the fused maps until ``compute``)."""
-    if mode == "exact" or image_range is None or (mode in COMPAT_MAP_DTYPES and protocol.fuses_maps):
-        return None
-    low, high = image_range
+    its image maps, or in the compat modes on fused maps the fused maps' own range."""
+    if mode in COMPAT_MAP_DTYPES and protocol.fuses_maps:
+        return _fused_map_range(protocol, test, handle, row_of, row_groups, mode)
+    low, high = _map_range(handle, row_of, row_groups)
     return (low, low + 1.0) if mode == "streaming" and low == high else (low, high)
 
 
@@ -97,16 +112,15 @@ def evaluate_category(protocol: protocols.Protocol, test: pl.DataFrame, handle: 
     """Feed one category's predictions from an open predictions file to a fresh evaluator and
     return it (call ``compute``, ``counts``, ``breakdown``).  ``test``: the category's test
     samples (``protocol.test_samples``); rows of other ids are skipped; ``row_groups``: the
-    file's row groups that hold them (None: all).  Memory stays bounded by a batch: in
-    ``streaming`` and ``compat`` modes a first pass takes the maps' value range, the second
-    feeds the metrics (except ``compat`` on fused maps, see ``protocols.base``).  This is the
-    one path by which both ``evaluate`` and the runner's non-exact cells score a file, so the
-    two agree exactly."""
+    file's row groups that hold them (None: all).  Memory stays bounded by a batch (plus the
+    open views of a fusing protocol): in the binned modes a first pass takes the value range of
+    the maps the metrics see (fused under ``synergy`` in the compat modes), the second feeds the
+    metrics.  This is the one path by which both ``evaluate`` and the runner's non-exact cells
+    score a file, so the two agree exactly."""
     mask_rule = default_mask_rule(mode) if mask_rule is None else mask_rule
     row_of = {sample_id: row for row, sample_id in enumerate(test["sample_id"])}
-    image_range = _map_range(handle, row_of, row_groups) if with_maps and mode != "exact" else None
-    evaluator = protocol.new_evaluator(test, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit,
-                                       value_range=_value_range(protocol, mode, image_range))
+    value_range = _value_range(protocol, test, handle, row_of, row_groups, mode) if with_maps and mode != "exact" else None
+    evaluator = protocol.new_evaluator(test, mode=mode, mask_rule=mask_rule, pro_limit=pro_limit, value_range=value_range)
     needs_masks = with_maps or mask_rule == "official"
     for batch in handle.iter_batches(batch_size=BATCH_SIZE, with_maps=with_maps, row_groups=row_groups):
         keep = [index for index, sample_id in enumerate(batch.sample_ids) if sample_id in row_of]

@@ -18,7 +18,6 @@ from m2ad.metrics import (
     pixel_metrics,
     point_metrics,
 )
-from m2ad.metrics.compat import count_edges_below
 
 KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
@@ -107,21 +106,8 @@ def test_streaming_state_does_not_grow_with_the_number_of_maps() -> None:
     assert len(pickle.dumps(accumulator)) <= size_small + 4096 * 8 * 2
 
 
-# ---------------------------------------------------------------- compat
 # (the compat modes' own tests: hand-computed cases, a brute-force reference and ADEval's
 # accumulator, are in test_metrics_compat.py)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.floats(-100, 100, width=32), min_size=1, max_size=50),
-    st.lists(st.floats(-100, 100, width=32), min_size=2, max_size=30, unique=True),
-    st.booleans(),
-)
-def test_count_edges_below_equals_searchsorted(values: list[float], edges: list[float], inclusive: bool) -> None:
-    value_array, edge_array = np.array(values, np.float32), np.sort(np.array(edges, np.float32))
-    expected = np.searchsorted(edge_array, value_array, side="right" if inclusive else "left")
-    assert count_edges_below(value_array, edge_array, inclusive=inclusive).tolist() == expected.tolist()
 
 
 # ---------------------------------------------------------------- bad input

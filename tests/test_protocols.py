@@ -565,3 +565,21 @@ def test_compat_synergy_equals_the_brute_force_official_evaluation(mode: str, se
     assert set(expected) == set(result)
     for key, value in expected.items():
         assert (math.isnan(value) and math.isnan(result[key])) or result[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_a_range_only_pass_records_the_fused_maps_range() -> None:
+    """``measure_range_only`` (the first pass of compat on fused maps) records the range of the
+    fused maps, keeps none of them, and refuses an evaluator that was already fed."""
+    manifest, records = _one_specimen_manifest()
+    synergy = protocols.get("synergy")
+    test = synergy.test_samples(manifest, "Ring")
+    maps = {sample_id(r): np.full((SIZE, SIZE), float(r["illumination"]) + 10.0 * (r["view"] == "090"), np.float16) for r in records}
+    masks = {key: np.zeros((SIZE, SIZE), bool) for key in maps}
+    probe = synergy.new_evaluator(test, mode="compat", mask_rule="exact")
+    with pytest.raises(ValueError, match="measure_range_only first"):
+        probe.evaluated_range()
+    probe.measure_range_only()
+    feed(probe, test, dict.fromkeys(maps, 0.0), maps, masks)
+    assert probe.evaluated_range() == (5.5, 15.5)  # the mean of lights 1..10, and of 11..20 for view 090
+    with pytest.raises(ValueError, match="not been fed"):
+        probe.measure_range_only()

@@ -65,8 +65,8 @@ def submit(
     backbone: Annotated[str | None, typer.Option(help="Backbone network, e.g. 'wide_resnet50_2'.")] = None,
     hardware: Annotated[str | None, typer.Option(help="Hardware the predictions were made on.")] = None,
     note: Annotated[str | None, typer.Option(help="Free note shown with the entry.")] = None,
-    mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming or compat (official-evaluator replica).")] = "exact",
-    mask_rule: Annotated[str, typer.Option(help="GT mask rule: exact or official (eroded, as the M2AD code).")] = "exact",
+    mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming, compat or compat-float32 (the official evaluation).")] = "exact",
+    mask_rule: Annotated[str | None, typer.Option(help="GT mask rule: exact or official (eroded, as the M2AD code). Default: official in the compat modes, else exact.")] = None,
     setting: Annotated[
         str | None,
         typer.Option(help="Setting the predictions were made in: single-class, multi-class, few-shot or zero-shot "

@@ -139,8 +139,8 @@ def pixel_metrics(
     """``pixel_auroc``, ``pixel_ap``, ``pixel_f1max`` and ``aupro`` over all pixels of all maps, pooled.
 
     ``maps``: a sequence or iterator of 2-D float arrays (or a 3-D batch); ``masks``: the same
-    shapes, any non-zero value is a defect.  ``mode`` is ``"exact"``, ``"streaming"`` or
-    ``"compat"`` (see ``PixelMetricAccumulator``).  Streaming and compat need the maps' value
+    shapes, any non-zero value is a defect.  ``mode`` is ``"exact"``, ``"streaming"``,
+    ``"compat"`` or ``"compat-float32"`` (see ``PixelMetricAccumulator``).  Streaming and compat need the maps' value
     range: pass ``value_range`` to keep memory bounded; without it the maps are read twice (an
     iterator is first turned into a list).
     """
