@@ -7,14 +7,14 @@ takes the encoded bytes straight out of the memory-mapped Arrow columns, skippin
 formatting of ``datasets``, and decodes the PNGs in a thread pool (PIL releases the GIL
 while decoding).
 
-Masks come under one of the two rules of :data:`m2ad.schema.MASK_RULES` (``exact`` reads
-the ``mask`` column, ``official`` the ``mask_official`` column); a sample without a mask gets
-an all-False mask.
+Each modality decodes its own column (``m2ad.modalities``): images come as RGB whatever
+their stored mode; masks under one of the two rules of :data:`m2ad.schema.MASK_RULES`
+(``exact`` reads the ``mask`` column, ``official`` the ``mask_official`` column), a pixel
+being a defect where its stored value is not 0; a sample without a mask gets an all-False mask.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -28,13 +28,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from PIL import Image
 
-from m2ad.schema import MANIFEST_FILE, MANIFEST_SCHEMA, MASK_RULES, DatasetInfo
+from m2ad import modalities
+from m2ad.modalities.mask import COLUMNS as _MASK_COLUMNS
+from m2ad.schema import CORE_MANIFEST_COLUMNS, MANIFEST_FILE, MASK_RULES, DatasetInfo
 
 __all__ = ["LoadedBatch", "ShardReader", "iter_batches", "load_manifest", "read_images", "read_masks"]
 
-_MASK_COLUMNS = {"exact": "mask", "official": "mask_official"}
 _LOCATION_COLUMNS = ("sample_id", "shard_dir", "shard_row", "width", "height")
 
 
@@ -42,12 +42,13 @@ def load_manifest(root: str | Path) -> pl.DataFrame:
     """The manifest of a sharded dataset (one row per sample, no pixels), after checking
     ``dataset.json``; raises a clear error if ROOT is not a complete sharded dataset."""
     root = Path(root)
-    DatasetInfo.read(root)
+    info = DatasetInfo.read(root)
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{root} has no {MANIFEST_FILE}; the sharding did not finish, rerun `m2ad shard` to resume it")
     frame = pl.read_parquet(path)
-    missing = [name for name in MANIFEST_SCHEMA.names if name not in frame.columns]
+    expected = [*CORE_MANIFEST_COLUMNS, *info.extra_columns, *modalities.manifest_columns(info.modalities)]
+    missing = [name for name in expected if name not in frame.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}; it was not written by this m2ad")
     return frame
@@ -196,8 +197,9 @@ class ShardReader:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
         height, width = _uniform_size(frame) if frame.height else (0, 0)
         sample_ids = frame["sample_id"].to_list()
-        images = np.empty((frame.height, 3, height, width), dtype=np.uint8) if with_images else None
-        masks = np.zeros((frame.height, height, width), dtype=bool) if mask_rule is not None else None
+        image, mask = modalities.get("image"), modalities.get("mask")
+        images = np.empty((frame.height, *image.slot(height, width)[0]), dtype=np.uint8) if with_images else None
+        masks = np.zeros((frame.height, *mask.slot(height, width)[0]), dtype=bool) if mask_rule is not None else None
         image_bytes = self.encoded(frame, "image") if with_images else [None] * frame.height
         mask_bytes = self.encoded(frame, _MASK_COLUMNS[mask_rule]) if mask_rule is not None else [None] * frame.height
 
@@ -206,15 +208,9 @@ class ShardReader:
                 if images is not None:
                     if image_bytes[index] is None:
                         raise ValueError("no image bytes")
-                    image = Image.open(io.BytesIO(image_bytes[index]))
-                    if image.mode != "RGB":
-                        image = image.convert("RGB")
-                    _check_size(image, width, height)
-                    images[index] = np.asarray(image).transpose(2, 0, 1)  # HWC -> CHW here, in the decoding threads
+                    image.decode_into(image_bytes[index], images[index])
                 if masks is not None and mask_bytes[index] is not None:
-                    mask = Image.open(io.BytesIO(mask_bytes[index])).convert("L")
-                    _check_size(mask, width, height)
-                    masks[index] = np.asarray(mask) > 0
+                    mask.decode_into(mask_bytes[index], masks[index])
             except Exception as error:
                 raise ValueError(f"{sample_ids[index]}: cannot decode its {'mask' if images is None else 'image or mask'}: {error}") from error
 
@@ -229,17 +225,12 @@ class ShardReader:
 
     def masks(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray:
         """The masks of ``frame`` under ``mask_rule`` as bool (B, H, W); all False where a
-        sample has none.  A pixel is foreground where the mask's luminance is non-zero."""
+        sample has none.  A pixel is foreground where the mask's stored value is non-zero."""
         if mask_rule not in MASK_RULES:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
         pending = self._submit(frame, with_images=False, mask_rule=mask_rule).wait()
         assert pending.masks is not None
         return pending.masks
-
-
-def _check_size(image: Image.Image, width: int, height: int) -> None:
-    if image.size != (width, height):
-        raise ValueError(f"stored size {image.size[0]}x{image.size[1]} differs from the manifest's {width}x{height}")
 
 
 def iter_batches(

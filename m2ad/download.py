@@ -17,6 +17,11 @@ A resolution above the dataset's image size (``DatasetSpec.image_size``) is refu
 anything is fetched, unless ``allow_upsample``; sharding then bounds every resize by memory
 (see :mod:`m2ad.shard`).
 
+Zips are read in place; a tar (MVTec AD's ``.tar.xz``, VisA's ``.tar``) is extracted once,
+safely (``m2ad.archive``), into the download folder.  A file name may hold a folder
+(Real-IAD's ``realiad_1024/<category>.zip``).  ``--source`` may also be the URL of one of the
+dataset's files (MVTec AD's links rotate): its folder is then the mirror.
+
 Where the expected sha256 comes from (first that applies): the registry's pinned table (only
 at the pinned Hub revision, or for a mirror whose file is the pinned one), the Hub's LFS
 metadata (``X-Linked-Etag``), a mirror's ``SHA256SUMS``.  Nothing to check against: refused
@@ -56,14 +61,8 @@ from rich.progress import (
 
 from m2ad import files, ownership
 from m2ad.archive import DEFAULT_MAX_RATIO, ZipSource, extract, is_tar
-from m2ad.datasets.registry import (
-    DatasetSpec,
-    FileSpec,
-    HubSource,
-    ManualSource,
-    UrlSource,
-    get,
-)
+from m2ad.datasets.registry import get
+from m2ad.datasets.spec import DatasetSpec, FileSpec, HubSource, ManualSource, UrlSource
 from m2ad.files import sha256_file
 from m2ad.schema import SPLITS, DatasetInfo, TreeSource, shard_dir_name
 
@@ -370,6 +369,7 @@ class _HubOrigin:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
         from huggingface_hub.errors import (
             EntryNotFoundError,
+            GatedRepoError,
             HfHubHTTPError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
@@ -386,6 +386,10 @@ class _HubOrigin:
             raise DownloadError(f"{spec.name} is not in {where} on {self.endpoint}; try another --revision. {self.notes}") from None
         except RevisionNotFoundError:
             raise DownloadError(f"revision {self.revision!r} does not exist in {self.source.repo_id}. {self.notes}") from None
+        except GatedRepoError:
+            how = self.source.access or "request access on its Hub page, then run `hf auth login` or set HF_TOKEN"
+            state = "the token found was not granted access" if self._token else "no Hugging Face token was found"
+            raise DownloadError(f"{self.source.repo_id} is gated and {state}: {how}") from None
         except RepositoryNotFoundError:
             raise DownloadError(
                 f"{self.source.repo_id} was not found on {self.endpoint}, or it is gated/private and needs a token "
@@ -593,7 +597,7 @@ def fetch_file(
     remote = located
     if not remote.candidates and not insecure_skip_verify:
         raise _unverifiable(spec.name)
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / spec.name).parent.mkdir(parents=True, exist_ok=True)  # a name may hold a folder: realiad_1024/pcb.zip
     try:
         lock = ownership.ExclusiveLock(folder / f"{spec.name}.lock", f"the download of {spec.name} into {folder}").acquire()
     except ownership.LockedError as error:
@@ -672,6 +676,10 @@ def open_origin(spec: DatasetSpec, source: str | None = None, revision: str | No
         assert isinstance(spec.source, ManualSource)
         raise DownloadError(f"{spec.name} cannot be downloaded automatically. {spec.source.instructions}")
     if re.match(r"https?://", source, re.IGNORECASE):
+        path = urlsplit(source).path
+        named = [item.name for item in spec.files if path.endswith("/" + item.name)]
+        if named:  # the URL of one of the files (e.g. MVTec AD's current link): its folder is the mirror
+            return _UrlMirrorOrigin(source[: source.rindex(named[0])])
         return _UrlMirrorOrigin(source)
     path = Path(source).expanduser()
     if path.is_file():
@@ -708,16 +716,16 @@ def _tree_for(archives: list[FetchedFile], work: Path, max_ratio: float, progres
     return FolderSource(target), target
 
 
-def _already_sharded(out: Path, dataset: str, resolution: int | str, category: str) -> bool:
-    """Whether an earlier run wrote every split of ``category`` into ``out`` at this dataset
-    and resolution, so that its archives are not needed again (they may have been deleted)."""
+def _already_sharded(out: Path, dataset: str, resolution: int | str, variant: str, category: str) -> bool:
+    """Whether an earlier run wrote every split of ``category`` into ``out`` at this dataset,
+    resolution and variant, so that its archives are not needed again (they may have been deleted)."""
     from m2ad.shard import JOB_FILE, UNIT_MARKER, parse_resolution
 
     try:
         job = json.loads((out / JOB_FILE).read_text())
     except (OSError, ValueError):
         return False
-    if job.get("dataset") != dataset or str(job.get("resolution")) != str(parse_resolution(resolution)):
+    if job.get("dataset") != dataset or str(job.get("resolution")) != str(parse_resolution(resolution)) or job.get("variant", "") != variant:
         return False
     return all((out / shard_dir_name(category, split) / UNIT_MARKER).is_file() for split in SPLITS)
 
@@ -762,6 +770,7 @@ def download_dataset(
     console: Console | None = None,
     max_ratio: float = DEFAULT_MAX_RATIO,
     allow_upsample: bool = False,
+    variant: str | None = None,
 ) -> DownloadReport:
     """Fetch, verify and shard dataset ``name`` into ``out``, one category at a time.
 
@@ -771,9 +780,16 @@ def download_dataset(
     ``keep_archives=False`` deletes each downloaded archive once its category is sharded
     (files in a local ``source`` folder are never deleted).  A rerun into the same ``out``
     skips the categories that are already sharded there and resumes the others.
-    ``allow_upsample`` accepts a ``resolution`` above the images' size.
+    ``allow_upsample`` accepts a ``resolution`` above the images' size; ``variant`` picks a
+    release variant (Real-IAD's image resolution folder; default: the spec's).
     """
-    spec = get(name)
+    try:
+        spec = get(name)
+        chosen_variant = spec.check_variant(variant)
+    except (KeyError, ValueError) as error:
+        raise DownloadError(str(error.args[0])) from None
+    if not spec.files:
+        raise DownloadError(f"{spec.name} has nothing to download: {getattr(spec.source, 'instructions', '')}")
     check_resolution(spec, resolution, allow_upsample)
     by_lower = {category.lower(): category for category in spec.categories}
     wanted = list(spec.categories) if not categories else [by_lower.get(c.lower(), c) for c in categories]
@@ -800,10 +816,10 @@ def download_dataset(
         TimeRemainingColumn(),
     )
     for index, category in enumerate(wanted):
-        if _already_sharded(out, spec.name, resolution, category):
+        if _already_sharded(out, spec.name, resolution, chosen_variant, category):
             report.skipped.append(category)
             continue
-        needed = spec.files_for(category)
+        needed = spec.files_for(category, chosen_variant)
         with Progress(*columns, console=console, disable=not progress, transient=False) as bars:
             for file_spec in needed:
                 if file_spec.name not in fetched or not fetched[file_spec.name].path.is_file():
@@ -825,6 +841,7 @@ def download_dataset(
                 progress=progress,
                 source_info=report.source_info,
                 allow_upsample=allow_upsample,
+                variant=chosen_variant or None,
             )
         except ShardError as error:
             listed = "".join(f"\n  {problem.kind}: {problem.path}: {problem.message}" for problem in error.problems[:20])
@@ -836,7 +853,7 @@ def download_dataset(
                 tree.close()
         report.categories.append(category)
         if not keep_archives:
-            later = {f.name for c in wanted[index + 1 :] for f in spec.files_for(c)}
+            later = {f.name for c in wanted[index + 1 :] for f in spec.files_for(c, chosen_variant)}
             for item in archives:
                 if item.name not in later and item.status != "local":
                     item.path.unlink(missing_ok=True)

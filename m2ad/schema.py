@@ -1,52 +1,58 @@
 """The canonical sample schema and the on-disk layout of a sharded dataset.
 
-One record per image (or per point cloud).  Every dataset we support is converted to this
-schema, so protocols, methods and metrics never see a dataset's own layout.
+One record per image.  Every dataset we support is converted to this schema, so protocols,
+methods and metrics never see a dataset's own layout.  What differs between datasets (its
+axes, extra columns, modalities, mask binarisation, evaluation geometry) is declared by its
+spec (``m2ad.datasets.<name>``), never here.
 
 A sharded dataset is a folder::
 
     ROOT/
-      dataset.json        what this is: dataset, resolution, categories, source, mask rules
-      README.md           dataset card (source, version, license, resolution, mask rule)
+      dataset.json        what this is: dataset, resolution, categories, source, and the spec
+                          facts protocols and the runner read (:class:`DatasetInfo`)
+      README.md           dataset card: YAML front matter (license, ``configs`` so that
+                          ``datasets.load_dataset(ROOT, CATEGORY)`` returns train and test),
+                          source, counts, checksums, protocols
       manifest.parquet    one row per sample, every field but the pixel bytes, plus the
                           location of the sample (``shard_dir``, ``shard_row``)
       <category>/<split>/ a Hugging Face ``datasets`` Arrow dataset (``load_from_disk``)
 
-Field semantics
----------------
+Core fields (every dataset)
+---------------------------
 ``sample_id``      stable, unique across datasets: ``<dataset>/<path of the image in the
                    official release>``, e.g. ``m2ad/Bird/NG/scratch_1_000/A060_I01.png``.
-``specimen``       the physical object (M2AD: the specimen directory name); for datasets with
-                   one image per object it equals the image stem.
+``specimen``       the physical object or sample, unique within its category (M2AD: the
+                   specimen folder name; Real-IAD: ``OK/S0001``; datasets with one image per
+                   object: the image's release path under its category, without extension).
 ``view``,
-``illumination``   M2AD: ``"000"``..``"330"`` and ``"01"``..``"10"``; ``None`` for datasets
-                   without views or lights (MVTec-AD).
-``label``          image level: 1 if this image shows a defect (M2AD ``image_anomaly``).
-``object_label``   specimen level: 1 if the specimen is defective (M2AD ``object_anomaly``).
-``defect_types``   defect tokens (M2AD: the non-numeric tokens of the NG directory name).
-``detectable``     M2AD only: ``False`` when the defect is in view but judged undetectable
-                   under this light; ``None`` where the release leaves it empty.
-``mask``           binary GT mask (PNG, 0/255) under the *exact* rule: a pixel is defective if
-                   any source pixel it covers is (no defect vanishes when downscaling).
-``mask_official``  binary GT mask under the *official M2AD evaluator* rule: bilinear resize of
-                   the 0/255 mask, then keep pixels that are exactly 255 (erodes tiny defects).
-                   At original resolution both masks are the released mask bytes, unchanged.
-``points``,
-``point_labels``   reserved for point clouds (Real3D-AD): float32 xyz and per-point labels; the
-                   image fields are then null.
+``illumination``   the sample axes a dataset has (its spec's ``axes``); ``None`` elsewhere.
+``label``          image level: 1 if this image shows a defect.
+``object_label``   specimen level: 1 if the specimen is defective.
+``defect_types``   defect tokens (M2AD: the non-numeric tokens of the NG folder name).
+``width``,
+``height``         the stored image size.
+
+Then come the dataset's extra columns (e.g. M2AD's ``detectable``), and the columns of its
+modalities (``m2ad.modalities``: ``image``; ``mask`` and ``mask_official``, see
+:data:`MASK_RULES`).
+
+Format versions: 1 (m2ad 0.1 before datasets were specs) was always an M2AD-layout dataset
+and its ``dataset.json`` lacks the spec facts; :meth:`DatasetInfo.read` fills them from the M2AD
+spec.  Version 2 writes them, writes resized masks as 1-bit PNGs and gives each dataset only
+its own extra columns.
 
 Reading a release
 -----------------
 A release tree (a folder, or members of zips) is read through a :class:`TreeSource`.  A
-dataset's layout parser (``m2ad.datasets.<name>.parse``) turns it into a
-:class:`ParsedRelease`: one :class:`ReleaseRecord` per image, plus every :class:`Problem` it
-found.  ``m2ad.shard`` then decodes, resizes and writes the records.
+dataset's layout parser turns it into a :class:`ParsedRelease`: one :class:`ReleaseRecord`
+per image, plus every :class:`Problem` it found.  ``m2ad.shard`` then decodes, resizes and
+writes the records.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -57,23 +63,24 @@ import pyarrow as pa
 from m2ad.text import printable
 
 FORMAT_NAME = "m2ad-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.parquet"
 INFO_FILE = "dataset.json"
 CARD_FILE = "README.md"
 
 SPLITS = ("train", "test")
 MASK_RULES = ("exact", "official")
-"""``exact``: any positive source pixel survives downscaling.  ``official``: bilinear then
-floor, as the official M2AD evaluator does (reference: m2ad.md section 11.6)."""
+"""The two stored GT masks (``m2ad.modalities.mask``).  ``exact`` (column ``mask``): a pixel is
+defective if any source pixel it covers is, so no defect vanishes when downscaling.
+``official`` (column ``mask_official``): bilinear resize of the 0/255 mask, then keep pixels
+equal to 255, as the official M2AD evaluator does (reference: m2ad.md section 11.6).  At
+original resolution both are the released mask file, byte for byte."""
 
-M2AD_CATEGORIES = ("Bird", "Car", "Cube", "Dice", "Doll", "Holder", "Motor", "Ring", "Teapot", "Tube")
-M2AD_VIEWS = tuple(f"{azimuth:03d}" for azimuth in range(0, 360, 30))
-M2AD_ILLUMINATIONS = tuple(f"{index:02d}" for index in range(1, 11))
+GEOMETRIES = ("longer-side", "square")
+"""How a shard resolution N resizes images: ``longer-side`` keeps the aspect ratio (the longer
+side becomes N), ``square`` makes every image N x N (the aspect ratio is not kept)."""
 
-# Fields shared by every sample, in order.  Image datasets fill image/mask, point-cloud
-# datasets fill points/point_labels; the other pair stays null.
-IMAGE_FEATURES = datasets.Features(
+CORE_FEATURES = datasets.Features(
     {
         "sample_id": datasets.Value("string"),
         "dataset": datasets.Value("string"),
@@ -85,45 +92,49 @@ IMAGE_FEATURES = datasets.Features(
         "label": datasets.Value("int8"),
         "object_label": datasets.Value("int8"),
         "defect_types": datasets.Sequence(datasets.Value("string")),
-        "detectable": datasets.Value("bool"),
-        "image": datasets.Image(),
-        "mask": datasets.Image(),
-        "mask_official": datasets.Image(),
-        "width": datasets.Value("int32"),
-        "height": datasets.Value("int32"),
     }
 )
+"""The fields of every sample, in order; a dataset's extra columns and its modalities' columns
+follow, then :data:`SIZE_FEATURES`."""
 
-POINT_CLOUD_FEATURES = datasets.Features(
-    {
-        **{name: feature for name, feature in IMAGE_FEATURES.items() if name not in ("image", "mask", "mask_official")},
-        "points": datasets.Array2D(shape=(None, 3), dtype="float32"),
-        "point_labels": datasets.Sequence(datasets.Value("uint8")),
-    }
-)
+CORE_MANIFEST_FIELDS = [
+    pa.field("sample_id", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("split", pa.string()),
+    pa.field("specimen", pa.string()),
+    pa.field("view", pa.string()),
+    pa.field("illumination", pa.string()),
+    pa.field("label", pa.int8()),
+    pa.field("object_label", pa.int8()),
+    pa.field("defect_types", pa.list_(pa.string())),
+]
+"""The core fields as manifest columns (the types of format 1's manifests)."""
 
-PIXEL_COLUMNS = ("image", "mask", "mask_official", "points", "point_labels")
+SIZE_FEATURES = datasets.Features({"width": datasets.Value("int32"), "height": datasets.Value("int32")})
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("dataset", pa.string()),
-        ("category", pa.string()),
-        ("split", pa.string()),
-        ("specimen", pa.string()),
-        ("view", pa.string()),
-        ("illumination", pa.string()),
-        ("label", pa.int8()),
-        ("object_label", pa.int8()),
-        ("defect_types", pa.list_(pa.string())),
-        ("detectable", pa.bool_()),
-        ("has_mask", pa.bool_()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("shard_dir", pa.string()),  # relative to ROOT, e.g. "Bird/test"
-        ("shard_row", pa.int64()),  # row index inside that dataset
-    ]
-)
+LOCATION_FIELDS = (("shard_dir", pa.string()), ("shard_row", pa.int64()))
+"""The manifest's last two columns: the Arrow dataset of a sample (relative to ROOT, e.g.
+``Bird/test``) and its row there."""
+
+
+def sample_features(extra: Mapping[str, Any], modality_features: Mapping[str, Any]) -> datasets.Features:
+    """The Arrow features of a dataset's samples: core fields, its extra columns, its
+    modalities' columns, then width and height."""
+    return datasets.Features({**CORE_FEATURES, **extra, **modality_features, **SIZE_FEATURES})
+
+
+def manifest_schema(extra: Mapping[str, pa.DataType], modality_columns: Mapping[str, pa.DataType]) -> pa.Schema:
+    """The manifest schema of a dataset: core fields, its extra columns, the columns its
+    modalities derive (e.g. ``has_mask``), width, height, ``shard_dir`` and ``shard_row``."""
+    fields = [*CORE_MANIFEST_FIELDS, *(pa.field(name, kind) for name, kind in extra.items()), *(pa.field(name, kind) for name, kind in modality_columns.items())]
+    fields += [pa.field("width", pa.int32()), pa.field("height", pa.int32())]
+    fields += [pa.field(name, kind) for name, kind in LOCATION_FIELDS]
+    return pa.schema(fields)
+
+
+CORE_MANIFEST_COLUMNS = (*CORE_FEATURES, "width", "height", *(name for name, _ in LOCATION_FIELDS))
+"""The manifest columns every dataset has."""
 
 
 def make_sample_id(dataset: str, release_path: str) -> str:
@@ -141,25 +152,12 @@ def shard_dir_name(category: str, split: str) -> str:
     return f"{category}/{split}"
 
 
-_DEFECT_TOKEN = re.compile(r"[A-Za-z]+")
-
-
-def defect_types_from_dirname(dirname: str) -> list[str]:
-    """M2AD defect tokens of an NG specimen directory, e.g. ``damage_1_hole_5_scratch_1_046``
-    -> ``["damage", "hole", "scratch"]`` (order kept, duplicates dropped)."""
-    tokens: list[str] = []
-    for token in dirname.split("_"):
-        if _DEFECT_TOKEN.fullmatch(token) and token not in tokens:
-            tokens.append(token)
-    return tokens
-
-
 @dataclass(frozen=True)
 class DatasetInfo:
     """Contents of ``dataset.json``: what a sharded dataset is and where it came from."""
 
     dataset: str
-    resolution: int | str  # pixels of the longer side, or "original"
+    resolution: int | str  # pixels of the longer side (or of both sides, geometry "square"), or "original"
     categories: list[str]
     source: dict[str, Any] = field(default_factory=dict)  # url/revision/checksums/verified
     version: str = ""
@@ -179,15 +177,30 @@ class DatasetInfo:
     shot_unit: str = "image"  # what one few-shot shot is: "image", or "specimen" (all its images)
     class_names: dict[str, str] = field(default_factory=dict)  # category -> a name usable as a text prompt
     protocols: tuple[str, ...] = ()  # the protocols that fit the dataset
+    spec: str = ""  # the registry name of the dataset's spec (e.g. "m2ad" for "m2ad-synth")
+    geometry: str = "longer-side"  # how --resolution resized the images (GEOMETRIES)
+    class_name_presets: dict[str, dict[str, str]] = field(default_factory=dict)  # preset -> category -> prompt name
+    variant: str = ""  # the release variant sharded, e.g. Real-IAD's "1024" (empty: the only one)
 
     def to_json(self) -> str:
         """The ``dataset.json`` text of this description."""
         data = {key: list(value) if isinstance(value, tuple) else value for key, value in self.__dict__.items()}
         return json.dumps(data, indent=2, sort_keys=True)
 
+    def check_protocol(self, protocol: str) -> None:
+        """Refuse, with one clear line, a protocol that does not fit this dataset."""
+        if self.protocols and protocol not in self.protocols:
+            raise ValueError(
+                f"protocol {protocol!r} does not fit the dataset {self.dataset!r} (axes: {', '.join(self.axes) or 'none'}; "
+                f"extra columns: {', '.join(self.extra_columns) or 'none'}); it fits: {', '.join(self.protocols)}"
+            )
+
     @classmethod
     def read(cls, root: str | Path) -> DatasetInfo:
-        """Read and check ``ROOT/dataset.json``; a clear error if ROOT is not a sharded dataset."""
+        """Read and check ``ROOT/dataset.json``; a clear error if ROOT is not a sharded dataset.
+
+        A format-1 file (written before datasets were specs, always an M2AD-layout dataset)
+        gets the spec facts of the M2AD spec from the registry (``m2ad.datasets``)."""
         path = Path(root) / INFO_FILE
         if not path.is_file():
             raise FileNotFoundError(
@@ -200,6 +213,10 @@ class DatasetInfo:
             raise ValueError(
                 f"{path}: format version {data['format_version']} is newer than this m2ad supports ({FORMAT_VERSION}); upgrade m2ad"
             )
+        if int(data.get("format_version", 0)) < 2:
+            from m2ad.datasets.registry import get  # the registry imports this module: import on use
+
+            data.update(get("m2ad").info_fields(data.get("categories", [])))
         data["mask_rules"] = tuple(data.get("mask_rules", MASK_RULES))
         for key in ("axes", "modalities", "extra_columns", "protocols"):
             if key in data:
@@ -220,7 +237,9 @@ class TreeSource(Protocol):
     Implementations must be picklable, because sharding reads images in worker processes.
     They may also offer ``open(path)`` returning a readable binary stream (both
     ``m2ad.shard.FolderSource`` and ``m2ad.archive.ZipSource`` do); sharding then decodes
-    images from the stream instead of holding each file's bytes whole.
+    images from the stream instead of holding each file's bytes whole.  They may offer
+    ``list_folders()`` (every folder, files or not, so that parsers can see empty ones) and
+    ``problems()`` (what the source itself refused, e.g. a symlink out of the tree).
     """
 
     def list_files(self) -> list[str]: ...
@@ -255,9 +274,10 @@ class Problem:
 class ReleaseRecord:
     """One image of a release, with every schema field but the pixels.
 
-    ``image_path`` and ``mask_path`` are paths in the release tree (``mask_path`` is ``None``
-    when the image has no mask); ``specimen_path`` is the release folder of the specimen, the
-    unit that ``--skip-bad`` quarantines.
+    ``files`` maps each modality the record has to its path in the release tree (``image``
+    always; ``mask`` when the image has a GT mask); ``extras`` holds the dataset's extra
+    columns; ``specimen_path`` is the release folder (or file) of the specimen, the unit that
+    ``--skip-bad`` quarantines.
     """
 
     sample_id: str
@@ -270,16 +290,26 @@ class ReleaseRecord:
     label: int
     object_label: int
     defect_types: tuple[str, ...]
-    detectable: bool | None
-    image_path: str
-    mask_path: str | None
+    files: Mapping[str, str]
     specimen_path: str
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_path(self) -> str:
+        """Release path of the image."""
+        return self.files["image"]
+
+    @property
+    def mask_path(self) -> str | None:
+        """Release path of the GT mask, or ``None``."""
+        return self.files.get("mask")
 
 
 @dataclass
 class ParsedRelease:
     """What a layout parser found in a release tree: its records (in the release's own order),
-    every problem, and what the dataset card should say about the source."""
+    every problem, and what the dataset card should say about the source (``notes``: facts of
+    the release worth knowing, e.g. defective views without a mask)."""
 
     dataset: str
     records: list[ReleaseRecord]
@@ -287,3 +317,5 @@ class ParsedRelease:
     license: str = ""
     version: str = ""
     description: str = ""
+    notes: list[str] = field(default_factory=list)
+

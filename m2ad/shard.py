@@ -1,21 +1,22 @@
 """Validate a release tree and write it as Arrow shards, a Parquet manifest and a dataset card.
 
-``shard_tree(SRC, OUT)`` reads a release through a :class:`~m2ad.schema.TreeSource` (a folder,
-or ``m2ad.archive.ZipSource`` for zips), checks it with the dataset's layout parser, then
-decodes, resizes and encodes every image in a process pool and writes the layout described
-in :mod:`m2ad.schema`.
+``shard_tree(SRC, OUT, dataset=NAME)`` reads a release through a
+:class:`~m2ad.schema.TreeSource` (a folder, or ``m2ad.archive.ZipSource`` for zips), checks
+it with the dataset's layout parser (its spec's ``layout``, from the registry; without a
+name, the registry detects the layout from the files and refuses an ambiguous tree), then
+decodes, resizes and encodes every sample's modalities in a process pool and writes the
+layout described in :mod:`m2ad.schema`.
 
 Pixels
-    At ``resolution="original"`` images and masks are stored as the released bytes, unchanged
-    (each is still fully decoded once, to catch truncated files).  At a resolution N the longer
-    side becomes N pixels: images are resized with PIL bilinear filtering, which is antialiased
-    (its kernel widens with the scale factor) and is exactly what the official pipeline's
-    ``torchvision.transforms.Resize`` does to a PIL image, so 256-px shards hold the pixels the
-    official code feeds its models at 256.  Masks are stored under both rules of
-    :data:`m2ad.schema.MASK_RULES`: ``mask`` (exact: a target pixel is set if any source pixel
-    it covers is set; :func:`resize_mask_exact`) and ``mask_official`` (bilinear resize of the
-    0/255 mask, then keep pixels equal to 255; :func:`resize_mask_official`).  A mask pixel is
-    foreground when its luminance is non-zero.
+    Each modality (``m2ad.modalities``) stores its own columns.  At ``resolution="original"``
+    images and masks are stored as the released bytes, unchanged (each is still fully decoded
+    once, to catch truncated files).  At a resolution N the spec's geometry says the target:
+    the longer side becomes N pixels (``longer-side``, M2AD) or the image becomes N x N
+    (``square``, as the MVTec-AD, VisA and Real-IAD literature resizes).  Images are resized
+    with PIL bilinear filtering, antialiased, exactly what ``torchvision.transforms.Resize``
+    does to a PIL image; masks are stored under both rules of :data:`m2ad.schema.MASK_RULES`
+    as 1-bit PNGs (``m2ad.modalities.mask``).  A mask pixel is foreground when its stored
+    value is non-zero.
 
 Memory
     A resolution above the source images' size is refused unless ``allow_upsample``
@@ -42,13 +43,14 @@ Units, resume, atomicity
 Bad input
     Every problem is collected, never dropped silently.  Strict mode (the default) raises
     :class:`ShardError` with all of them: tree problems (file names, completeness, masks of
-    normal specimens, meta JSON disagreements) before any pixel work; pixel problems
-    (unreadable or truncated PNG, mask of the wrong size) after the other units are written,
-    so that a rerun redoes only the failed ones.  With ``strict=False`` (``--skip-bad``) the
-    whole specimen of each problem is quarantined, because the M2AD protocols score specimens
-    and views as wholes and a specimen missing some images would bias them; stray files that
-    belong to no specimen are ignored.  Both are listed in the report, ``dataset.json`` and
-    the dataset card.
+    normal specimens, split-file disagreements, empty category folders, symbolic links out of
+    the tree) before any pixel work; pixel problems (unreadable or truncated files, a mask of
+    the wrong size or mode, an image whose size differs from its specimen's others) after the
+    other units are written, so that a rerun redoes only the failed ones.  With
+    ``strict=False`` (``--skip-bad``) the whole specimen of each problem is quarantined,
+    because the multi-view protocols score specimens and views as wholes and a specimen
+    missing some images would bias them; stray files that belong to no specimen are ignored.
+    Both are listed in the report, ``dataset.json`` and the dataset card.
 """
 
 from __future__ import annotations
@@ -72,7 +74,6 @@ import datasets
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 from rich.progress import (
@@ -85,18 +86,29 @@ from rich.progress import (
 )
 
 import m2ad
-from m2ad import ownership
-from m2ad.datasets import m2ad as m2ad_layout
+from m2ad import modalities, ownership
+from m2ad.card import dataset_card
+from m2ad.datasets import registry
+from m2ad.datasets.spec import DatasetSpec
+from m2ad.datasets.synthetic import card_facts, read_marker
 from m2ad.files import write_json_atomic, write_text_atomic
+from m2ad.modalities.base import (
+    Encoded,
+    Refused,
+    ResizeLimits,
+    open_checked,
+    resize_peak_bytes,
+    size_text,
+    target_size,
+)
+from m2ad.modalities.image import RESIZE as IMAGE_RESIZE
+from m2ad.modalities.mask import resize_mask_exact, resize_mask_official
 from m2ad.schema import (
     CARD_FILE,
     FORMAT_VERSION,
-    IMAGE_FEATURES,
     INFO_FILE,
     MANIFEST_FILE,
-    MANIFEST_SCHEMA,
     MASK_RULES,
-    PIXEL_COLUMNS,
     SPLITS,
     DatasetInfo,
     ParsedRelease,
@@ -105,7 +117,6 @@ from m2ad.schema import (
     TreeSource,
     shard_dir_name,
 )
-from m2ad.text import printable
 
 __all__ = [
     "FolderSource",
@@ -125,17 +136,13 @@ __all__ = [
 UNIT_MARKER = "m2ad-unit.json"
 JOB_FILE = ".m2ad-shard-job.json"
 PARTIAL_DIR = ".partial"
-IMAGE_RESIZE = "PIL bilinear, antialiased (as torchvision Resize on a PIL image), PNG"
 MIN_RESOLUTION = 8
-_PNG_LEVEL = 6
-BYTES_PER_SOURCE_PIXEL = 40
-"""Peak bytes per source pixel of one image and its mask: the decoded image and its RGB copy,
-the boolean mask, its int64 integral image and the two cumulative sums behind it."""
-BYTES_PER_TARGET_PIXEL = 64
-"""Peak bytes per target pixel: the resized image and its PNG, the exact rule's four int64
-box corners and their sum, the official rule's resized mask."""
 MEMORY_FRACTION = 0.5
 """Share of the available memory that the resizing workers may plan to use together."""
+PIXEL_KINDS = ("unreadable-image", "unreadable-mask", "mask-size", "mask-mode", "image-size", "upsample", "too-large")
+"""Problem kinds found while decoding (every dataset), beside those of its layout parser."""
+SOURCE_KINDS = ("symlink-outside",)
+"""Problem kinds a source reports about itself (:meth:`FolderSource.problems`)."""
 
 
 class ShardError(Exception):
@@ -164,20 +171,60 @@ class ShardReport:
 
 
 class FolderSource:
-    """A release tree in a folder on disk (the :class:`~m2ad.schema.TreeSource` of a folder)."""
+    """A release tree in a folder on disk (the :class:`~m2ad.schema.TreeSource` of a folder).
+
+    A symbolic link is listed (and read through) only when it points inside the tree; one
+    that points outside is never followed: it is reported by :meth:`problems` as
+    ``symlink-outside`` and reading it raises.  Folders with no file at any depth are listed
+    by :meth:`empty_folders`, so that parsers can report empty category folders.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).absolute()
         if not self.root.is_dir():
             raise FileNotFoundError(f"{root} is not a folder")
+        self._real_root = self.root.resolve()
+        self._walked: tuple[list[str], list[str], list[Problem]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_walked": None}  # workers only read files: no listing to ship
+
+    def _inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self._real_root)
+
+    def _walk(self) -> tuple[list[str], list[str], list[Problem]]:
+        if self._walked is None:
+            found: list[str] = []
+            folders: list[str] = []
+            refused: list[Problem] = []
+            for folder, dirnames, names in os.walk(self.root):  # links to folders are listed, not entered
+                here = Path(folder)
+                relative = here.relative_to(self.root)
+                if relative != Path("."):
+                    folders.append(relative.as_posix())
+                for name in sorted(dirnames + names):
+                    path = here / name
+                    if path.is_symlink() and not self._inside(path):
+                        refused.append(Problem("symlink-outside", (relative / name).as_posix(),
+                                               f"a symbolic link to {os.readlink(path)} outside the tree; it is never followed"))
+                    elif name in names and path.is_file():
+                        found.append((relative / name).as_posix())
+            with_files = {"/".join(path.split("/")[:depth]) for path in found for depth in range(1, path.count("/") + 1)}
+            self._walked = (sorted(found), sorted(set(folders) - with_files), refused)
+        return self._walked
 
     def list_files(self) -> list[str]:
-        """Relative POSIX paths of every regular file under the root, sorted."""
-        found = []
-        for folder, _, names in os.walk(self.root):
-            relative = Path(folder).relative_to(self.root)
-            found.extend((relative / name).as_posix() for name in names if (Path(folder) / name).is_file())
-        return sorted(found)
+        """Relative POSIX paths of every regular file under the root (links into the tree
+        included), sorted."""
+        return list(self._walk()[0])
+
+    def empty_folders(self) -> list[str]:
+        """Relative POSIX paths of the folders that hold no file at any depth."""
+        return list(self._walk()[1])
+
+    def problems(self) -> list[Problem]:
+        """What the folder itself refuses: symbolic links that point out of the tree."""
+        return list(self._walk()[2])
 
     def read_bytes(self, path: str) -> bytes:
         """The bytes of the file at relative POSIX ``path`` (which may not leave the root)."""
@@ -191,11 +238,14 @@ class FolderSource:
         relative = PurePosixPath(path)
         if relative.is_absolute() or ".." in relative.parts:
             raise ValueError(f"{path!r} is not a relative path inside {self.root}")
-        return self.root / relative
+        full = self.root / relative
+        if not self._inside(full):
+            raise ValueError(f"{path!r} is a symbolic link out of {self.root}; it is never followed")
+        return full
 
 
 # --------------------------------------------------------------------------------------------
-# Sizes and the two mask rules
+# Sizes
 # --------------------------------------------------------------------------------------------
 
 
@@ -210,23 +260,6 @@ def parse_resolution(value: int | str) -> int | str:
     if pixels < MIN_RESOLUTION:
         raise ValueError(f"resolution must be at least {MIN_RESOLUTION} pixels, got {pixels}")
     return pixels
-
-
-def target_size(width: int, height: int, resolution: int | str) -> tuple[int, int]:
-    """(width, height) after resizing so that the longer side is ``resolution`` pixels."""
-    if resolution == "original":
-        return width, height
-    scale = int(resolution) / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def resize_peak_bytes(source: tuple[int, int], target: tuple[int, int] | None) -> int:
-    """Estimated peak memory, in bytes, of decoding one ``source`` = (width, height) image and
-    its mask and resizing both to ``target`` (``None``: decoding only, at original resolution)."""
-    source_pixels = source[0] * source[1]
-    if target is None:
-        return 4 * source_pixels
-    return BYTES_PER_SOURCE_PIXEL * source_pixels + BYTES_PER_TARGET_PIXEL * target[0] * target[1]
 
 
 def available_memory() -> int:
@@ -249,91 +282,8 @@ def available_memory() -> int:
     return max(available, 0)
 
 
-def _size_text(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
-
-
-@dataclass(frozen=True)
-class ResizeLimits:
-    """What one image may cost a worker: the resolution, whether upsampling is allowed, and
-    the worker's share of the memory (bytes, see :func:`resize_peak_bytes`)."""
-
-    resolution: int | str
-    allow_upsample: bool = False
-    max_image_bytes: int | None = None
-
-    def refusal(self, size: tuple[int, int]) -> tuple[str, str] | None:
-        """``(problem kind, message)`` when an image of ``size`` = (width, height) must not be
-        resized under these limits, else ``None``."""
-        width, height = size
-        if self.resolution != "original" and int(self.resolution) > max(width, height) and not self.allow_upsample:
-            return "upsample", (
-                f"resolution {self.resolution} px is larger than the image ({width}x{height}); upsampling adds no "
-                "information and costs memory: choose at most its size, or pass --allow-upsample (allow_upsample=True)"
-            )
-        target = None if self.resolution == "original" else target_size(width, height, self.resolution)
-        needed = resize_peak_bytes(size, target)
-        if self.max_image_bytes is not None and needed > self.max_image_bytes:
-            what = f"resizing {width}x{height} to {target[0]}x{target[1]}" if target else f"decoding {width}x{height}"
-            return "too-large", (
-                f"{what} needs about {_size_text(needed)} of memory, more than the {_size_text(self.max_image_bytes)} "
-                "each worker may use; choose a smaller resolution or fewer workers"
-            )
-        return None
-
-
-def resize_mask_exact(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Boolean mask (H, W) resized to ``size`` = (width, height) under the exact rule.
-
-    A target pixel covers the source box ``[i*H/h, (i+1)*H/h) x [j*W/w, (j+1)*W/w)``; it is
-    set when any source pixel overlapping that box is set, so no defect vanishes when
-    downscaling (box sums over an integral image; works for upscaling too).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    source_height, source_width = mask.shape
-    width, height = size
-    integral = np.zeros((source_height + 1, source_width + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.cumsum(0, dtype=np.int64).cumsum(1)
-
-    def bounds(count: int, source: int) -> tuple[np.ndarray, np.ndarray]:
-        index = np.arange(count, dtype=np.int64)
-        start = (index * source) // count
-        stop = -((-(index + 1) * source) // count)  # ceil((i+1) * source / count)
-        return start, np.maximum(stop, start + 1)
-
-    row_start, row_stop = bounds(height, source_height)
-    col_start, col_stop = bounds(width, source_width)
-    box = (
-        integral[np.ix_(row_stop, col_stop)]
-        - integral[np.ix_(row_start, col_stop)]
-        - integral[np.ix_(row_stop, col_start)]
-        + integral[np.ix_(row_start, col_start)]
-    )
-    return box > 0
-
-
-def resize_mask_official(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Boolean mask (H, W) resized to ``size`` = (width, height) as the official M2AD
-    evaluator does: PIL bilinear resize of the 0/255 image, then keep pixels equal to 255
-    (its ``ToTensor`` + ``astype(int)``), which erodes or erases thin defects."""
-    image = Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L")
-    return np.asarray(image.resize(size, Image.Resampling.BILINEAR)) == 255
-
-
-def _png(image: Image.Image) -> bytes:
-    """PNG bytes of an image."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=_PNG_LEVEL)
-    return buffer.getvalue()
-
-
-def _mask_png(mask: np.ndarray) -> bytes:
-    """PNG (mode L, 0/255) of a boolean mask."""
-    return _png(Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L"))
-
-
 # --------------------------------------------------------------------------------------------
-# Worker: one specimen's images -> rows (or problems)
+# Worker: one specimen's records -> stored columns (or problems)
 # --------------------------------------------------------------------------------------------
 
 _WORKER_SOURCE: TreeSource | None = None
@@ -345,14 +295,6 @@ def _init_worker(source: TreeSource) -> None:
     _WORKER_SOURCE = source
 
 
-class _Refused(Exception):
-    """An image that the resize limits refuse (``kind`` is the problem kind)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 def _open_member(source: TreeSource, path: str) -> BinaryIO:
     """A stream of one file of the tree: the source's own stream where it has one (folders and
     zips, so that a member is never held whole), else its bytes."""
@@ -361,102 +303,101 @@ def _open_member(source: TreeSource, path: str) -> BinaryIO:
 
 
 def _decode(source: TreeSource, path: str, limits: ResizeLimits | None = None) -> Image.Image:
-    """A fully decoded PIL image, checked against ``limits`` from its header before any pixel
-    is decoded; raises on unreadable or truncated data, :class:`_Refused` over the limits."""
+    """A fully decoded PIL image of one file, checked against ``limits`` from its header
+    before any pixel is decoded (see ``m2ad.modalities.base.open_checked``)."""
     with _open_member(source, path) as stream:
-        image = Image.open(stream)
-        refused = limits.refusal(image.size) if limits is not None else None
-        if refused is not None:
-            raise _Refused(*refused)
-        image.load()
-    return image
+        return open_checked(stream, limits)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs besides the records: the limits, the modalities, the size rule."""
+
+    limits: ResizeLimits
+    modalities: tuple[str, ...]
+    same_size_within_specimen: bool
 
 
 @dataclass
-class _Pixels:
-    """The stored pixels of one record.  ``None`` bytes at original resolution mean "the
-    source file, unchanged": the writer reads it again rather than shipping it between
-    processes (a 1024-px specimen is about 170 MB)."""
+class _Stored:
+    """The stored columns of one record (``None`` bytes: the source file, unchanged, which the
+    writer reads again rather than shipping it between processes) and its stored size."""
 
+    columns: dict[str, bytes | None]
     width: int
     height: int
-    image: bytes | None
-    mask: bytes | None
-    mask_official: bytes | None
 
 
 @dataclass
 class _SpecimenResult:
-    pixels: list[_Pixels]  # one per record, in order, when there are no problems
+    stored: list[_Stored]  # one per record, in order, when there are no problems
     problems: list[Problem]
 
 
-def _process_specimen(records: Sequence[ReleaseRecord], limits: ResizeLimits, source: TreeSource | None = None) -> _SpecimenResult:
-    """Decode and check the images and masks of one specimen; resize and encode them unless
-    the resolution is original."""
+def _unreadable(modality: str) -> str:
+    return "unreadable-image" if modality == "image" else f"unreadable-{modality}"
+
+
+def _process_specimen(records: Sequence[ReleaseRecord], job: _Job, source: TreeSource | None = None) -> _SpecimenResult:
+    """Decode and check every modality of one specimen's records; resize and encode them
+    unless the resolution is original."""
     source = source if source is not None else _WORKER_SOURCE
-    resolution = limits.resolution
-    pixels: list[_Pixels] = []
+    stored: list[_Stored] = []
     problems: list[Problem] = []
-    masks: dict[str, tuple[bytes | None, bytes | None, tuple[int, int]] | None] = {}  # path -> (exact, official, source size)
+    aligned: dict[tuple[str, str], Encoded | None] = {}  # (modality, path) -> columns (None: refused); M2AD's masks serve 10 images
+    first_size: tuple[int, int] | None = None
     for record in records:
         try:
-            image = _decode(source, record.image_path, limits)
-        except _Refused as refused:
+            with _open_member(source, record.image_path) as stream:
+                primary = modalities.get("image").encode(stream, record.image_path, job.limits, None)
+        except Refused as refused:
             problems.append(Problem(refused.kind, record.image_path, str(refused), record.specimen_path))
             continue
         except Exception as error:  # PIL raises several types for broken files
-            problems.append(Problem("unreadable-image", record.image_path, f"cannot decode the PNG ({error})", record.specimen_path))
+            problems.append(Problem("unreadable-image", record.image_path, f"cannot decode the image ({error})", record.specimen_path))
             continue
-        width, height = target_size(image.width, image.height, resolution)
-        encoded = None
-        if resolution != "original":
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            encoded = _png(rgb.resize((width, height), Image.Resampling.BILINEAR))
-        exact = official = None
-        if record.mask_path is not None:
-            if record.mask_path not in masks:
-                masks[record.mask_path] = _load_mask(source, record, limits, problems)
-            loaded = masks[record.mask_path]
-            if loaded is None:
+        first_size = first_size or primary.size
+        if job.same_size_within_specimen and primary.size != first_size:
+            message = f"image is {primary.size[0]}x{primary.size[1]} but the other images of its specimen are {first_size[0]}x{first_size[1]}"
+            problems.append(Problem("image-size", record.image_path, message, record.specimen_path))
+            continue
+        columns = dict(primary.columns)
+        for name in job.modalities[1:]:
+            modality = modalities.get(name)
+            path = record.files.get(name)
+            if path is None:
+                columns.update({column: None for column in modality.features})
                 continue
-            exact, official, mask_size = loaded
-            if mask_size != (image.width, image.height):
-                message = f"mask is {mask_size[0]}x{mask_size[1]} but {record.image_path} is {image.width}x{image.height}"
-                problems.append(Problem("mask-size", record.mask_path, message, record.specimen_path))
-                masks[record.mask_path] = None
-                continue
-        pixels.append(_Pixels(width, height, encoded, exact, official))
-    return _SpecimenResult(pixels, problems)
+            if (name, path) not in aligned:
+                result = _encode_aligned(source, modality, path, job.limits, primary, record)
+                if isinstance(result, Problem):
+                    problems.append(result)
+                aligned[(name, path)] = None if isinstance(result, Problem) else result
+            encoded = aligned[(name, path)]
+            if encoded is None:
+                break
+            columns.update(encoded.columns)
+        else:
+            stored.append(_Stored(columns, *primary.stored))
+    return _SpecimenResult(stored, problems)
 
 
-def _load_mask(source: TreeSource, record: ReleaseRecord, limits: ResizeLimits, problems: list[Problem]) -> tuple[bytes | None, bytes | None, tuple[int, int]] | None:
-    """(exact PNG, official PNG, source size) of a record's mask (PNGs ``None`` at original
-    resolution), or ``None`` and a problem if it does not decode."""
+def _encode_aligned(source: TreeSource, modality: modalities.Modality, path: str, limits: ResizeLimits, primary: Encoded,
+                    record: ReleaseRecord) -> Encoded | Problem:
+    """One aligned modality's columns for a record, or the problem with its file."""
     try:
-        mask = _decode(source, record.mask_path, limits)
-    except _Refused as refused:
-        problems.append(Problem(refused.kind, record.mask_path, str(refused), record.specimen_path))
-        return None
+        with _open_member(source, path) as stream:
+            return modality.encode(stream, path, limits, primary)
+    except Refused as refused:
+        return Problem(refused.kind, path, str(refused), record.specimen_path)
     except Exception as error:  # PIL raises several types for broken files
-        problems.append(Problem("unreadable-mask", record.mask_path, f"cannot decode the PNG ({error})", record.specimen_path))
-        return None
-    if limits.resolution == "original":
-        return None, None, mask.size
-    foreground = np.asarray(mask.convert("L")) > 0
-    size = target_size(mask.width, mask.height, limits.resolution)
-    return _mask_png(resize_mask_exact(foreground, size)), _mask_png(resize_mask_official(foreground, size)), mask.size
+        return Problem(_unreadable(modality.name), path, f"cannot decode the {modality.name} ({error})", record.specimen_path)
 
 
-def _row(record: ReleaseRecord, pixels: _Pixels, source: TreeSource) -> dict[str, Any]:
-    """The Arrow row of a record: its fields and its pixels (the source bytes at original
-    resolution, where both mask rules are the released mask)."""
-    image, mask, official = pixels.image, pixels.mask, pixels.mask_official
-    if image is None:
-        image = source.read_bytes(record.image_path)
-        if record.mask_path is not None:
-            mask = official = source.read_bytes(record.mask_path)
-    return {
+def _row(record: ReleaseRecord, stored: _Stored, source: TreeSource, spec: DatasetSpec) -> dict[str, Any]:
+    """The Arrow row of a record: its fields, extra columns and stored columns (the source
+    files' bytes where a column is ``None`` at original resolution)."""
+    row: dict[str, Any] = {
         "sample_id": record.sample_id,
         "dataset": record.dataset,
         "category": record.category,
@@ -467,13 +408,17 @@ def _row(record: ReleaseRecord, pixels: _Pixels, source: TreeSource) -> dict[str
         "label": record.label,
         "object_label": record.object_label,
         "defect_types": list(record.defect_types),
-        "detectable": record.detectable,
-        "image": {"bytes": image, "path": None},
-        "mask": None if mask is None else {"bytes": mask, "path": None},
-        "mask_official": None if official is None else {"bytes": official, "path": None},
-        "width": pixels.width,
-        "height": pixels.height,
     }
+    row.update({name: record.extras.get(name) for name in spec.extra_columns})
+    for name in spec.modalities:
+        path = record.files.get(name)
+        for column in modalities.get(name).features:
+            data = stored.columns.get(column)
+            if data is None and path is not None:
+                data = source.read_bytes(path)
+            row[column] = None if data is None else {"bytes": data, "path": None}
+    row.update(width=stored.width, height=stored.height)
+    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,9 +440,9 @@ class _Unit:
     def images(self) -> int:
         return sum(len(group) for group in self.specimens)
 
-    def fingerprint(self, dataset: str, resolution: int | str) -> str:
-        """Hash of everything a finished unit depends on (format, resolution, sample ids)."""
-        digest = hashlib.sha256(json.dumps([FORMAT_VERSION, dataset, str(resolution)]).encode())
+    def fingerprint(self, dataset: str, resolution: int | str, variant: str) -> str:
+        """Hash of everything a finished unit depends on (format, resolution, variant, sample ids)."""
+        digest = hashlib.sha256(json.dumps([FORMAT_VERSION, dataset, str(resolution), variant]).encode())
         for group in self.specimens:
             for record in group:
                 digest.update(record.sample_id.encode() + b"\0")
@@ -527,10 +472,6 @@ def _finished_units(out: Path) -> list[str]:
     return sorted(marker.parent.relative_to(out).as_posix() for split in SPLITS for marker in out.glob(f"*/{split}/{UNIT_MARKER}"))
 
 
-
-
-
-
 class _Results:
     """Ordered results of specimen tasks, run in a process pool with a bounded backlog (so a
     slow writer never makes the workers pile up gigabytes of encoded images)."""
@@ -540,14 +481,14 @@ class _Results:
         self.workers = workers
         self.pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(source,)) if workers > 1 else None
 
-    def map(self, groups: Iterable[list[ReleaseRecord]], limits: ResizeLimits) -> Iterator[_SpecimenResult]:
+    def map(self, groups: Iterable[list[ReleaseRecord]], job: _Job) -> Iterator[_SpecimenResult]:
         if self.pool is None:
             for group in groups:
-                yield _process_specimen(group, limits, self.source)
+                yield _process_specimen(group, job, self.source)
             return
         pending: deque[Future[_SpecimenResult]] = deque()
         for group in groups:
-            pending.append(self.pool.submit(_process_specimen, group, limits))
+            pending.append(self.pool.submit(_process_specimen, group, job))
             if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
         while pending:
@@ -575,7 +516,8 @@ def _build_unit(
     out: Path,
     partial: Path,
     results: _Results,
-    limits: ResizeLimits,
+    job: _Job,
+    spec: DatasetSpec,
     strict: bool,
     fingerprint: str,
     max_shard_size: str | int,
@@ -586,11 +528,11 @@ def _build_unit(
     problems: list[Problem] = []
 
     def rows() -> Iterator[dict[str, Any]]:
-        for group, result in zip(unit.specimens, results.map(unit.specimens, limits)):
+        for group, result in zip(unit.specimens, results.map(unit.specimens, job)):
             problems.extend(result.problems)
             advance(len(group))
             if not result.problems and not (strict and problems):
-                yield from (_row(record, pixels, results.source) for record, pixels in zip(group, result.pixels))
+                yield from (_row(record, stored, results.source, spec) for record, stored in zip(group, result.stored))
 
     work = partial / unit.name.replace("/", "__")
     shutil.rmtree(work, ignore_errors=True)
@@ -608,7 +550,8 @@ def _build_unit(
         yield from stream
 
     with _datasets_quiet():
-        built = datasets.Dataset.from_generator(all_rows, features=IMAGE_FEATURES, cache_dir=str(work / "cache"), fingerprint=fingerprint)
+        built = datasets.Dataset.from_generator(all_rows, features=spec.features(), cache_dir=str(work / "cache"),
+                                                fingerprint=fingerprint, split=datasets.NamedSplit(unit.split))
         if strict and problems:
             del built
             shutil.rmtree(work, ignore_errors=True)
@@ -628,102 +571,32 @@ def _build_unit(
 
 
 # --------------------------------------------------------------------------------------------
-# Manifest and dataset card
+# Manifest
 # --------------------------------------------------------------------------------------------
 
 
-def _unit_manifest(out: Path, unit_name: str) -> pa.Table:
+def _unit_manifest(out: Path, unit_name: str, spec: DatasetSpec) -> pa.Table:
     """Manifest rows of one written unit, read back from its Arrow dataset (no pixel bytes)."""
     table = datasets.load_from_disk(str(out / unit_name)).data.table
-    meta_columns = [name for name in table.column_names if name not in PIXEL_COLUMNS]
-    manifest = table.select(meta_columns)
-    manifest = manifest.append_column("has_mask", pc.is_valid(table.column("mask")))
+    stored = set(modalities.stored_columns(spec.modalities))
+    manifest = table.select([name for name in table.column_names if name not in stored])
+    for name in spec.modalities:
+        for column, values in modalities.get(name).manifest_values(table).items():
+            manifest = manifest.append_column(column, values)
     manifest = manifest.append_column("shard_dir", pa.array([unit_name] * table.num_rows, pa.string()))
     manifest = manifest.append_column("shard_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    return manifest.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+    schema = spec.manifest_schema()
+    return manifest.select(schema.names).cast(schema)
 
 
-def _write_manifest(out: Path, unit_names: Sequence[str]) -> pa.Table:
+def _write_manifest(out: Path, unit_names: Sequence[str], spec: DatasetSpec) -> pa.Table:
     """Write ``manifest.parquet`` from the finished units and return it."""
-    tables = [_unit_manifest(out, name) for name in unit_names]
-    manifest = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+    tables = [_unit_manifest(out, name, spec) for name in unit_names]
+    manifest = pa.concat_tables(tables) if tables else spec.manifest_schema().empty_table()
     temporary = out / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
     pq.write_table(manifest, temporary)
     os.replace(temporary, out / MANIFEST_FILE)
     return manifest
-
-
-def _dataset_card(info: DatasetInfo, manifest: pl.DataFrame, description: str) -> str:
-    """The dataset card (``README.md``): source, version, license, resolution, mask rules,
-    counts and anything skipped."""
-    resolution = "original (released bytes, unchanged)" if info.resolution == "original" else f"{info.resolution} px on the longer side ({info.image_resize})"
-    lines = [
-        "---",
-        f"license: {info.license.split(' ', 1)[0].lower() if info.license else 'unknown'}",
-        f"pretty_name: {info.dataset} ({info.resolution})",
-        "tags: [anomaly-detection, m2ad-shards]",
-        "---",
-        "",
-        f"# {info.dataset} — m2ad shards",
-        "",
-        description,
-        "",
-        "| | |",
-        "|---|---|",
-        f"| dataset | `{info.dataset}` |",
-        f"| version | {info.version or 'not stated'} |",
-        f"| license | {info.license or 'not stated'} |",
-        f"| source | {printable(', '.join(f'{key}: {value}' for key, value in sorted(info.source.items()) if key != 'checksums') or 'not stated')} |",
-        f"| resolution | {resolution} |",
-        f"| samples | {manifest.height} |",
-        f"| created | {info.created} by m2ad {info.code_version} |",
-        "",
-        "## Mask rules",
-        "",
-        "- `mask` (**exact**): a pixel is defective if any source pixel it covers is; no defect vanishes when downscaling.",
-        "- `mask_official` (**official**): bilinear resize of the 0/255 mask, keep pixels equal to 255, as the official",
-        "  M2AD evaluator does; tiny defects are eroded or erased. At original resolution both are the released mask bytes.",
-        "",
-        "## Counts",
-        "",
-        "| category | split | images | anomalous | specimens | detectable=False |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    if manifest.height:
-        counts = (
-            manifest.group_by(["category", "split"], maintain_order=True)
-            .agg(
-                pl.len().alias("images"),
-                pl.col("label").sum().alias("anomalous"),
-                pl.col("specimen").n_unique().alias("specimens"),
-                (pl.col("detectable") == False).sum().alias("undetectable"),  # noqa: E712 (polars expression)
-            )
-        )
-        for row in counts.iter_rows(named=True):
-            lines.append(f"| {row['category']} | {row['split']} | {row['images']} | {row['anomalous']} | {row['specimens']} | {row['undetectable']} |")
-    checksums = info.source.get("checksums")
-    if checksums:
-        lines += ["", "## Source checksums", "", f"Verified: {info.source.get('verified', 'not stated')}", "", "| file | checksum |", "|---|---|"]
-        lines += [f"| {printable(name)} | `{printable(value)}` |" for name, value in sorted(dict(checksums).items())]
-    lines += ["", "## Skipped input", ""]
-    if info.skipped:
-        lines.append(f"{len(info.skipped)} problem(s); their specimens were quarantined (`--skip-bad`):")
-        lines.append("")
-        lines += [f"- `{printable(item['path'])}`: {printable(item['message'])} [{item['kind']}]" for item in info.skipped]
-    else:
-        lines.append("None: every file of the source is in these shards.")
-    lines += [
-        "",
-        "## Loading",
-        "",
-        "```python",
-        "import datasets, polars",
-        f"train = datasets.load_from_disk('<this folder>/{info.categories[0] if info.categories else '<category>'}/train')",
-        "manifest = polars.read_parquet('<this folder>/manifest.parquet')",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,7 +614,7 @@ def _check_first_image(tree: TreeSource, record: ReleaseRecord, limits: ResizeLi
         return
     refused = limits.refusal(size)
     if refused is not None:
-        share = f" ({workers} worker(s) share {_size_text(int(MEMORY_FRACTION * available_memory()))})" if refused[0] == "too-large" else ""
+        share = f" ({workers} worker(s) share {size_text(int(MEMORY_FRACTION * available_memory()))})" if refused[0] == "too-large" else ""
         raise ValueError(f"{record.image_path}: {refused[1]}{share}")
 
 
@@ -761,6 +634,22 @@ def _prepare_out(out: Path, job: dict[str, Any]) -> None:
     write_json_atomic(job_path, job)
 
 
+def choose_dataset(tree: TreeSource, dataset: str | None) -> tuple[DatasetSpec, str, dict[str, Any] | None]:
+    """(spec, dataset name, synthetic marker) of a tree: the spec of ``dataset`` (the name in
+    sample ids), or, without one, the dataset its synthetic marker names or the registry
+    detects from its files (``m2ad.datasets.LayoutError`` when none or several fit)."""
+    marker = read_marker(tree)
+    if dataset is not None:
+        try:
+            return registry.get(dataset), dataset.lower(), marker
+        except KeyError as error:
+            raise ValueError(str(error.args[0])) from None
+    if marker is not None:
+        return registry.get(marker["dataset"]), str(marker["dataset"]), marker
+    spec = registry.detect(tree.list_files())
+    return spec, spec.name, None
+
+
 def shard_tree(
     source: str | Path | TreeSource,
     out: str | Path,
@@ -774,15 +663,19 @@ def shard_tree(
     max_shard_size: str | int = "256MB",
     source_info: dict[str, Any] | None = None,
     allow_upsample: bool = False,
+    variant: str | None = None,
 ) -> ShardReport:
-    """Validate an M2AD release tree and write it to ``out`` as m2ad shards (see module doc).
+    """Validate a release tree and write it to ``out`` as m2ad shards (see module doc).
 
-    ``source`` is a folder or any :class:`~m2ad.schema.TreeSource`; ``dataset`` defaults to
-    ``m2ad``, or ``m2ad-synth`` for a synthetic tree; ``categories`` limits the work to those
-    classes; ``strict=False`` quarantines bad specimens instead of raising
-    :class:`ShardError`; ``source_info`` (url, revision, checksums, verified, ...) goes to
-    ``dataset.json`` and the card; ``allow_upsample`` accepts a resolution above the source
-    images' size (still within the memory bound).  Rerunning on the same ``out`` resumes.
+    ``source`` is a folder or any :class:`~m2ad.schema.TreeSource`; ``dataset`` names the
+    registered dataset (``m2ad``, ``mvtec-ad``, ``visa``, ``real-iad``, ``folder``, or
+    ``NAME-synth``), which is also the sample-id prefix; without it the layout is detected (a
+    synthetic tree names its own).  ``categories`` limits the work to those classes;
+    ``strict=False`` quarantines bad specimens instead of raising :class:`ShardError`;
+    ``source_info`` (url, revision, checksums, verified, ...) goes to ``dataset.json`` and the
+    card; ``allow_upsample`` accepts a resolution above the source images' size (still within
+    the memory bound); ``variant`` picks a release variant (Real-IAD's resolution folder).
+    Rerunning on the same ``out`` resumes.
     """
     started = time.perf_counter()
     resolution = parse_resolution(resolution)
@@ -794,8 +687,10 @@ def shard_tree(
     out = Path(out).absolute()
     if isinstance(tree, FolderSource) and out.is_relative_to(tree.root):
         raise ValueError(f"the output folder {out} is inside the source tree {tree.root}; choose a folder outside it")
-    name = dataset or m2ad_layout.detect_dataset_name(tree)
-    parsed: ParsedRelease = m2ad_layout.parse(tree, dataset_name=name, categories=categories)
+    spec, name, marker = choose_dataset(tree, dataset)
+    chosen_variant = spec.check_variant(variant)
+    parsed: ParsedRelease = spec.layout.parse(tree, dataset_name=name, categories=categories, variant=chosen_variant or None)
+    parsed.problems[:0] = getattr(tree, "problems", list)()
     if strict and parsed.problems:
         raise ShardError(parsed.problems, "fix them, or pass --skip-bad (strict=False) to quarantine the specimens concerned")
     skipped = list(parsed.problems)
@@ -804,9 +699,10 @@ def shard_tree(
 
     units = _units(parsed.records)
     worker_count = min(workers or os.cpu_count() or 1, max(len(u.specimens) for u in units))
-    limits = ResizeLimits(resolution, allow_upsample, int(MEMORY_FRACTION * available_memory()) // worker_count)
+    limits = ResizeLimits(resolution, allow_upsample, int(MEMORY_FRACTION * available_memory()) // worker_count, spec.geometry)
+    job = _Job(limits, tuple(spec.modalities), spec.same_size_within_specimen)
     _check_first_image(tree, parsed.records[0], limits, worker_count)
-    _prepare_out(out, {"dataset": name, "resolution": resolution, "format_version": FORMAT_VERSION})
+    _prepare_out(out, {"dataset": name, "resolution": resolution, "variant": chosen_variant, "format_version": FORMAT_VERSION})
     partial = ownership.claim_temp_dir(out / PARTIAL_DIR, out)
     report = ShardReport(out, name, resolution, list(dict.fromkeys(r.category for r in parsed.records)), 0)
     pixel_problems: list[Problem] = []
@@ -816,16 +712,16 @@ def shard_tree(
         with Progress(*columns, disable=not progress) as bar:
             task = bar.add_task("shard", total=sum(unit.images for unit in units))
             for unit in units:
-                fingerprint = unit.fingerprint(name, resolution)
-                marker = _read_marker(out / unit.name)
-                if marker is not None and marker.get("fingerprint") == fingerprint:
-                    reused = [Problem(**item) for item in marker.get("skipped", [])]
+                fingerprint = unit.fingerprint(name, resolution, chosen_variant)
+                marker_of_unit = _read_marker(out / unit.name)
+                if marker_of_unit is not None and marker_of_unit.get("fingerprint") == fingerprint:
+                    reused = [Problem(**item) for item in marker_of_unit.get("skipped", [])]
                     (pixel_problems if strict else skipped).extend(reused)
                     report.reused_units.append(unit.name)
                     bar.advance(task, unit.images)
                     continue
                 bar.update(task, description=f"shard {unit.name}")
-                found = _build_unit(unit, out, partial, results, limits, strict, fingerprint, max_shard_size, lambda n: bar.advance(task, n))
+                found = _build_unit(unit, out, partial, results, job, spec, strict, fingerprint, max_shard_size, lambda n: bar.advance(task, n))
                 if strict and found:
                     pixel_problems.extend(found)
                     continue
@@ -840,25 +736,29 @@ def shard_tree(
 
     # units of other categories, finished by earlier runs of this job (category by category)
     categories_now = {unit.category for unit in units}
-    earlier = [name for name in _finished_units(out) if name.split("/")[0] not in categories_now]
-    for name in earlier:
-        skipped.extend(Problem(**item) for item in (_read_marker(out / name) or {}).get("skipped", []))
-    kept = sorted(report.written_units + report.reused_units + earlier, key=lambda name: (name.split("/")[0], SPLITS.index(name.split("/")[1])))
-    manifest = pl.from_arrow(_write_manifest(out, kept))
+    earlier = [unit for unit in _finished_units(out) if unit.split("/")[0] not in categories_now]
+    for unit in earlier:
+        skipped.extend(Problem(**item) for item in (_read_marker(out / unit) or {}).get("skipped", []))
+    kept = sorted(report.written_units + report.reused_units + earlier, key=lambda unit: (unit.split("/")[0], SPLITS.index(unit.split("/")[1])))
+    manifest = pl.from_arrow(_write_manifest(out, kept, spec))
+    license, version, description = card_facts(marker, spec.display_name) if marker is not None else (spec.license, "", spec.description)
+    present = list(manifest["category"].unique(maintain_order=True))
     info = DatasetInfo(
         dataset=name,
         resolution=resolution,
-        categories=list(manifest["category"].unique(maintain_order=True)),
+        categories=present,
         source=dict(source_info or {"path": str(source) if isinstance(source, (str, Path)) else repr(source)}),
-        version=str((source_info or {}).get("version") or parsed.version),
-        license=str((source_info or {}).get("license") or parsed.license),
+        version=str((source_info or {}).get("version") or parsed.version or version),
+        license=str((source_info or {}).get("license") or parsed.license or license),
         mask_rules=MASK_RULES,
         code_version=m2ad.__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        image_resize="" if resolution == "original" else IMAGE_RESIZE,
+        image_resize="" if resolution == "original" else f"{IMAGE_RESIZE}; geometry {spec.geometry}",
         skipped=[problem.to_dict() for problem in skipped],
+        variant=chosen_variant,
+        **spec.info_fields(present),
     )
-    write_text_atomic(out / CARD_FILE, _dataset_card(info, manifest, parsed.description))
+    write_text_atomic(out / CARD_FILE, dataset_card(info, spec, manifest, parsed.description or description, parsed.notes))
     write_text_atomic(out / INFO_FILE, info.to_json() + "\n")
     report.categories = info.categories
     report.samples = manifest.height

@@ -10,6 +10,7 @@ UTF-8 file.  :func:`printable` is the one place where such text is made inert.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _LINE_BREAKS = frozenset("\u2028\u2029")
@@ -36,3 +37,9 @@ def printable(text: object) -> str:
         else char
         for char in text
     )
+
+
+def quote(names: Sequence[str], shown: int = 6) -> str:
+    """A short list of names for a message: the first ``shown``, then how many more."""
+    listed = ", ".join(names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -151,6 +151,7 @@ def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: 
     check_settings(mode, mask_rule, pro_limit)
     root = Path(data)
     info = DatasetInfo.read(root)
+    info.check_protocol(chosen.name)
     if mask_rule not in info.mask_rules:
         raise ValueError(f"the dataset {root} has no {mask_rule!r} masks (it has {', '.join(info.mask_rules)})")
     manifest = m2ad_data.load_manifest(root)

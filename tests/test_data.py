@@ -12,17 +12,21 @@ import pytest
 import torch
 from PIL import Image
 
-from m2ad_tree import write_tree
-
 from m2ad import data
+from m2ad.datasets.m2ad.fixture import write
 from m2ad.shard import shard_tree
+
+
+def write_tree(root: Path, categories: tuple[str, ...], normal: int, ng: int) -> Path:
+    """A 16-px M2AD release tree from the dataset's fixture writer."""
+    root.mkdir(parents=True)
+    write(root, categories=categories, normal_specimens=normal, ng_specimens=ng, resolution=16, seed=0, workers=1, progress=False)
+    return root
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tree") / "m2ad"
-    write_tree(root, categories={"Bird": (2, 2), "Car": (2, 1)})
-    return root
+    return write_tree(tmp_path_factory.mktemp("tree") / "m2ad", ("Cube", "Ring"), normal=2, ng=2)
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +139,8 @@ def test_reader_errors(original: Path) -> None:
 
 
 def test_mixed_sizes_are_refused(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    write_tree(root, categories={"Bird": (2, 1)})
-    for path in (root / "Bird/Good/000").iterdir():
+    root = write_tree(tmp_path / "tree", ("Cube",), normal=2, ng=1)
+    for path in (root / "Cube/Good/000").iterdir():
         Image.open(path).resize((12, 12)).save(path)
     shard_tree(root, tmp_path / "out", workers=1, progress=False)
     manifest = data.load_manifest(tmp_path / "out").filter(pl.col("object_label") == 0)
@@ -149,8 +152,8 @@ def test_mixed_sizes_are_refused(tmp_path: Path) -> None:
 
 def test_bounded_shards_read_the_same(tree: Path, original: Path, tmp_path: Path) -> None:
     small = tmp_path / "small-shards"
-    shard_tree(tree, small, categories=["Car"], max_shard_size=40_000, workers=1, progress=False)
-    assert len(list((small / "Car/test").glob("data-*.arrow"))) > 1
+    shard_tree(tree, small, categories=["Ring"], max_shard_size=40_000, workers=1, progress=False)
+    assert len(list((small / "Ring/test").glob("data-*.arrow"))) > 1
     frame = data.load_manifest(small).sample(fraction=1.0, shuffle=True, seed=7)
     reference = data.load_manifest(original)
     located = frame.select("sample_id").join(reference, on="sample_id", how="left", maintain_order="left")

@@ -7,6 +7,7 @@ The archives are zips of a synthetic M2AD tree in the official Hub layout (``jso
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -26,7 +27,7 @@ from typer.testing import CliRunner
 
 from m2ad.archive import UnsafeArchiveError
 from m2ad.cli import app
-from m2ad.datasets import DatasetSpec, FileSpec, ManualSource, UrlSource, get
+from m2ad.datasets import FileSpec, ManualSource, UrlSource, get
 from m2ad.download import (
     DownloadError,
     InsufficientSpaceError,
@@ -362,6 +363,58 @@ def test_token_goes_to_the_hub_only_and_never_into_messages(
         assert token[::-1] not in str(error.value) and "HF_TOKEN" in str(error.value)
 
 
+def test_a_gated_dataset_needs_a_granted_token_that_is_never_printed(
+    point_hub_at: Callable[[str], None], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Real-IAD (a gated Hub dataset): without a token, or with one not granted, one clear line
+    that says how to get access; with the granted token (HF_TOKEN, read by huggingface_hub), the
+    download works, verified against the Hub's LFS sha256, and the token is nowhere."""
+    spec = get("real-iad")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    spec.fixture.write(tree, categories=("audiojack",), normal_specimens=2, ng_specimens=1, resolution=16, seed=0, workers=1, progress=False)
+    packed = spec.fixture.pack(tree, tmp_path / "release")
+    token = "hf_" + "Gr4nt3dT0k3n" * 3
+    with FakeHub(token=token, cdn_host="localhost") as server:
+        for path in packed:
+            server.add_file("Real-IAD/Real-IAD", path.relative_to(tmp_path / "release").as_posix(), path.read_bytes())
+        point_hub_at(server.url)
+        options = dict(categories=["audiojack"], resolution=16, cache_dir=tmp_path / "cache", workers=1, progress=False)
+        for granted in (None, token[::-1]):
+            if granted is not None:
+                monkeypatch.setenv("HF_TOKEN", granted)
+            with pytest.raises(DownloadError) as error:
+                download_dataset("real-iad", tmp_path / "refused", **options)
+            message = str(error.value)
+            assert "Real-IAD/Real-IAD is gated" in message and "https://huggingface.co/datasets/Real-IAD/Real-IAD" in message
+            assert "hf auth login" in message and "HF_TOKEN" in message and token not in message and token[::-1] not in message
+            result = CliRunner().invoke(app, ["download", "real-iad", "-c", "audiojack", "--resolution", "16", "--out", str(tmp_path / "cli"),
+                                              "--cache-dir", str(tmp_path / "cache")])
+            assert result.exit_code == 1 and "is gated" in result.output and token not in result.output and "Traceback" not in result.output
+        monkeypatch.setenv("HF_TOKEN", token)
+        report = download_dataset("real-iad", tmp_path / "out", **options)
+    assert report.categories == ["audiojack"] and {item.verified for item in report.files} == {"hub-lfs"}
+    assert {item.name for item in report.files} == {"realiad_jsons.zip", "realiad_1024/audiojack.zip"}
+    written = "".join(path.read_text(errors="replace") for path in (tmp_path / "out").rglob("*.json")) + (tmp_path / "out/README.md").read_text()
+    assert token not in written and "Real-IAD/Real-IAD" in written
+    local = tmp_path / "local"
+    shard_tree(tree, local, dataset="real-iad", resolution=16, workers=1, progress=False)
+    _assert_same_shards(tmp_path / "out", local, ("audiojack",))
+
+
+def test_a_file_url_as_source_is_verified_against_the_pin(tmp_path: Path) -> None:
+    """MVTec AD's links rotate: --source may be the archive's current URL; the pinned sha256 holds."""
+    payload = os.urandom(50_000)
+    spec = dataclasses.replace(get("mvtec-ad"), files=(FileSpec("mvtec_anomaly_detection.tar.xz", sha256=hashlib.sha256(payload).hexdigest()),))
+    with FileServer({"share/9/download/mvtec_anomaly_detection.tar.xz": payload}) as server:
+        origin = open_origin(spec, source=f"{server.url}/share/9/download/mvtec_anomaly_detection.tar.xz")
+        fetched = fetch_file(spec.files[0], origin, tmp_path / "cache")
+        assert (fetched.verified, fetched.path.read_bytes()) == ("pinned", payload)
+        wrong = dataclasses.replace(spec.files[0], sha256="0" * 64)
+        with pytest.raises(DownloadError, match="checksum mismatch twice"):
+            fetch_file(wrong, origin, tmp_path / "other")
+
+
 def test_url_and_manual_sources_of_a_registry_entry(tmp_path: Path) -> None:
     """The spec types for MVTec-AD-like (one pinned tar.xz URL) and Real3D-AD-like (fetched by
     hand) datasets, on an entry built here."""
@@ -369,7 +422,8 @@ def test_url_and_manual_sources_of_a_registry_entry(tmp_path: Path) -> None:
     with FileServer({"files/mvtec.tar.xz": payload}) as server:
         tar = FileSpec("mvtec.tar.xz", sha256=hashlib.sha256(payload).hexdigest(), size=len(payload),
                        url=server.url + "/files/mvtec.tar.xz")
-        spec = DatasetSpec("mvtec-like", "t", "CC BY-NC-SA 4.0", "c", "h", ("bottle",), (tar,), UrlSource(), "m")
+        spec = dataclasses.replace(get("mvtec-ad"), name="mvtec-like", files=(tar,))
+        assert isinstance(spec.source, UrlSource)
         assert spec.files_for("bottle") == [tar]
         fetched = fetch_file(tar, open_origin(spec), tmp_path / "cache")
         assert (fetched.status, fetched.verified, fetched.path.read_bytes()) == ("fetched", "pinned", payload)
@@ -377,8 +431,8 @@ def test_url_and_manual_sources_of_a_registry_entry(tmp_path: Path) -> None:
         with pytest.raises(DownloadError, match="checksum mismatch twice.*corrupt"):
             fetch_file(wrong, open_origin(spec), tmp_path / "other")
         assert server.total_bytes_served() == 3 * len(payload)
-    manual = DatasetSpec("real3d-like", "t", "CC BY 4.0", "c", "h", ("duck",), (FileSpec("real3d-ad-pcd.zip"),),
-                         ManualSource("Download real3d-ad-pcd.zip from Google Drive, then pass --source."), "m")
+    manual = dataclasses.replace(get("mvtec-ad"), name="real3d-like", categories=("duck",), files=(FileSpec("real3d-ad-pcd.zip"),),
+                                 source=ManualSource("Download real3d-ad-pcd.zip from Google Drive, then pass --source."))
     with pytest.raises(DownloadError, match="cannot be downloaded automatically. Download real3d"):
         open_origin(manual)
     archive = tmp_path / "my-download.zip"

@@ -140,12 +140,12 @@ def test_every_resize_is_bounded_by_the_available_memory(tree: Path, tmp_path: P
 def test_each_image_is_checked_not_only_the_first(tree: Path, tmp_path: Path) -> None:
     import shutil
 
-    from m2ad.datasets import m2ad as m2ad_layout
+    from m2ad.datasets.m2ad import SPEC
     from m2ad.shard import FolderSource
 
     copy = tmp_path / "tree"
     shutil.copytree(tree, copy)
-    first = m2ad_layout.parse(FolderSource(copy), dataset_name="m2ad-synth").records[0].image_path
+    first = SPEC.layout.parse(FolderSource(copy), dataset_name="m2ad-synth").records[0].image_path
     Image.new("RGB", (64, 64), (90, 90, 90)).save(copy / first)  # the first image is 64 px, the others 32 px
     report = shard_tree(copy, tmp_path / "out", resolution=48, strict=False, workers=1, progress=False)
     refused = {problem.path: problem.kind for problem in report.skipped}

@@ -19,8 +19,12 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 import protocols
 from compat_reference import fused_view, official_pixel_metrics
+from m2ad.datasets.m2ad import ILLUMINATIONS as M2AD_ILLUMINATIONS
+from m2ad.datasets.m2ad import SPEC as M2AD_SPEC
+from m2ad.datasets.m2ad import VIEWS as M2AD_VIEWS
 from m2ad.metrics import COMPAT_MAP_DTYPES, pixel_metrics
-from m2ad.schema import M2AD_ILLUMINATIONS, M2AD_VIEWS, MANIFEST_SCHEMA
+
+MANIFEST_SCHEMA = M2AD_SPEC.manifest_schema()
 
 SIZE = 8
 

@@ -1,4 +1,5 @@
-"""m2ad.schema: sample ids, field sets, the sharded-dataset description, defect tokens."""
+"""m2ad.schema: sample ids, field sets, the sharded-dataset description; M2AD's constants and
+defect tokens (m2ad.datasets.m2ad); format-1 dataset.json files."""
 
 from __future__ import annotations
 
@@ -9,24 +10,27 @@ import datasets
 import pyarrow as pa
 import pytest
 
+from m2ad import modalities
+from m2ad.datasets import get
+from m2ad.datasets.m2ad import CATEGORIES as M2AD_CATEGORIES
+from m2ad.datasets.m2ad import ILLUMINATIONS as M2AD_ILLUMINATIONS
+from m2ad.datasets.m2ad import VIEWS as M2AD_VIEWS
+from m2ad.datasets.m2ad import defect_types_from_dirname
 from m2ad.schema import (
+    CORE_FEATURES,
     FORMAT_VERSION,
-    IMAGE_FEATURES,
-    M2AD_CATEGORIES,
-    M2AD_ILLUMINATIONS,
-    M2AD_VIEWS,
-    MANIFEST_SCHEMA,
     MASK_RULES,
-    PIXEL_COLUMNS,
-    POINT_CLOUD_FEATURES,
     SPLITS,
     DatasetInfo,
     Problem,
     TreeSource,
-    defect_types_from_dirname,
     make_sample_id,
     shard_dir_name,
 )
+
+IMAGE_FEATURES = get("m2ad").features()
+MANIFEST_SCHEMA = get("m2ad").manifest_schema()
+PIXEL_COLUMNS = modalities.stored_columns(("image", "mask"))
 
 ISSUE_FIELDS = {
     "sample_id", "dataset", "category", "split", "specimen", "view", "illumination", "label", "object_label",
@@ -46,23 +50,24 @@ def test_fields_cover_the_issue_and_leave_room_for_other_datasets() -> None:
     assert ISSUE_FIELDS <= set(IMAGE_FEATURES)
     assert isinstance(IMAGE_FEATURES["image"], datasets.Image) and isinstance(IMAGE_FEATURES["mask"], datasets.Image)
     shared = [name for name in IMAGE_FEATURES if name not in PIXEL_COLUMNS]
-    assert [name for name in POINT_CLOUD_FEATURES if name not in PIXEL_COLUMNS] == shared
-    assert {"points", "point_labels"} <= set(POINT_CLOUD_FEATURES)
     assert MANIFEST_SCHEMA.names == shared[:-2] + ["has_mask", "width", "height", "shard_dir", "shard_row"]
-    # a dataset without views or lights (MVTec-AD) fits: view/illumination/detectable are nullable
-    row = {name: None for name in IMAGE_FEATURES}
-    row.update(sample_id="mvtec-ad/bottle/test/good/000.png", dataset="mvtec-ad", category="bottle", split="test", specimen="000",
+    # the core schema is M2AD's without its extra column; a dataset without it (MVTec-AD) has no such column
+    assert list(CORE_FEATURES) == shared[: len(CORE_FEATURES)] and "detectable" not in CORE_FEATURES
+    mvtec = get("mvtec-ad").features()
+    assert "detectable" not in mvtec and [name for name in mvtec if name != "detectable"] == [name for name in IMAGE_FEATURES if name != "detectable"]
+    row = {name: None for name in mvtec}
+    row.update(sample_id="mvtec-ad/bottle/test/good/000.png", dataset="mvtec-ad", category="bottle", split="test", specimen="test/good/000",
                label=0, object_label=0, defect_types=[], width=4, height=4)  # fmt: skip
-    table = datasets.Dataset.from_list([row], features=IMAGE_FEATURES)
-    assert table[0]["view"] is None and table[0]["detectable"] is None and table[0]["image"] is None
+    table = datasets.Dataset.from_list([row], features=mvtec)
+    assert table[0]["view"] is None and table[0]["image"] is None
 
 
-def test_point_cloud_rows_encode() -> None:
-    row = {name: None for name in POINT_CLOUD_FEATURES}
-    row.update(sample_id="real3d-ad/airplane/test/1.pcd", dataset="real3d-ad", category="airplane", split="test", specimen="1",
-               label=1, object_label=1, defect_types=["bulge"], points=[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], point_labels=[0, 1])  # fmt: skip
-    table = datasets.Dataset.from_list([row], features=POINT_CLOUD_FEATURES).with_format("numpy")
-    assert table[0]["points"].dtype.name == "float32" and table[0]["points"].shape == (2, 3)
+def test_every_registered_modality_is_complete() -> None:
+    for name in modalities.available():
+        modality = modalities.get(name)
+        assert modality.name == name and modality.features
+        assert set(modality.manifest_columns) <= set(modality.manifest_values(datasets.Dataset.from_list(
+            [{column: None for column in modality.features}], features=datasets.Features(modality.features)).data.table))
 
 
 def test_m2ad_constants() -> None:
@@ -89,6 +94,30 @@ def test_shard_dir_name() -> None:
     assert shard_dir_name("Bird", "test") == "Bird/test"
     with pytest.raises(ValueError, match="split"):
         shard_dir_name("Bird", "validation")
+
+
+def test_format_1_dataset_json_gets_the_m2ad_spec_facts(tmp_path: Path) -> None:
+    """A dataset.json written before datasets were specs (format 1, as m2ad 0.1 wrote it: no
+    spec facts, or their empty defaults) reads with the facts of the M2AD spec."""
+    old = {
+        "dataset": "m2ad-synth", "resolution": 128, "categories": ["Cube", "Ring"], "source": {"path": "x"}, "version": "",
+        "license": "Apache-2.0", "mask_rules": ["exact", "official"], "format": "m2ad-shards", "format_version": 1,
+        "code_version": "0.1.0", "created": "2026-01-01T00:00:00+00:00", "image_resize": "PIL bilinear", "skipped": [],
+    }  # fmt: skip
+    for extra in ({}, {"axes": [], "extra_columns": [], "shot_unit": "image", "protocols": [], "class_names": {}}):
+        (tmp_path / "dataset.json").write_text(json.dumps({**old, **extra}))
+        info = DatasetInfo.read(tmp_path)
+        assert info.axes == ("view", "illumination") and info.extra_columns == ("detectable",)
+        assert info.shot_unit == "specimen" and info.protocols == ("invariant", "synergy", "standard")
+        assert info.class_names == {"Cube": "Cube", "Ring": "Ring"} and info.spec == "m2ad" and info.geometry == "longer-side"
+        assert info.format_version == 1 and info.resolution == 128
+
+
+def test_a_protocol_that_does_not_fit_is_refused() -> None:
+    info = DatasetInfo("mvtec-ad", 256, ["bottle"], protocols=("standard",), axes=())
+    info.check_protocol("standard")
+    with pytest.raises(ValueError, match="'invariant' does not fit the dataset 'mvtec-ad'.*it fits: standard"):
+        info.check_protocol("invariant")
 
 
 def test_dataset_info_round_trip_and_guards(tmp_path: Path) -> None:

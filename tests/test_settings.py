@@ -155,13 +155,12 @@ def test_shots_are_seeded_nested_and_independent_of_row_order() -> None:
         draw_shots(units, 21, seed=0, category="Cube")
 
 
-def test_the_shot_unit_comes_from_the_spec_or_from_the_views(shards: Path) -> None:
-    manifest = m2ad_data.load_manifest(shards)
+def test_the_shot_unit_comes_from_the_spec(shards: Path) -> None:
     info = DatasetInfo.read(shards)
-    assert shot_unit(info, manifest) == "specimen"  # spec fields empty, views present
-    assert shot_unit(info, manifest.with_columns(pl.lit(None, dtype=pl.String).alias("view"))) == "image"
-    described = dataclasses.replace(info, axes=("view", "illumination"), shot_unit="image")
-    assert shot_unit(described, manifest) == "image"  # a filled spec is followed
+    assert shot_unit(info) == "specimen"  # M2AD: a specimen with all its images
+    assert shot_unit(dataclasses.replace(info, shot_unit="image")) == "image"
+    with pytest.raises(RunError, match="shot_unit must be one of"):
+        shot_unit(dataclasses.replace(info, shot_unit="view"))
 
 
 # --------------------------------------------------------------------------- zero-shot

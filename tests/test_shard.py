@@ -1,8 +1,10 @@
-"""m2ad.shard, m2ad.datasets.m2ad and the `m2ad shard` / `m2ad info` commands.
+"""m2ad.shard, the M2AD layout (m2ad.datasets.m2ad) and the `m2ad shard` / `m2ad info` commands.
 
-Trees come from ``tests/m2ad_tree.py`` (tiny PNGs, all 120 configurations per specimen) and,
-for the end-to-end case, from ``m2ad.synth.generate``.  References are independent: the
-source files' bytes, PIL applied directly, and a brute-force box rule written here.
+Trees come from the M2AD fixture writer (``m2ad.datasets.m2ad.fixture.write``: 16-px renders,
+all 120 configurations per specimen, the official meta JSON, no synthetic marker, as a real
+release has none) and, for the end-to-end case, from ``m2ad.synth.generate``.  Expectations
+are read from the tree's own meta JSON; references are independent: the source files' bytes,
+PIL applied directly, and a brute-force box rule written here.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -27,11 +31,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from m2ad_tree import DEFECT_VIEWS, LIGHTS, official_split, read_meta, specimen_names, write_meta, write_tree
-
 from m2ad.cli import app
-from m2ad.datasets import m2ad as m2ad_layout
-from m2ad.schema import MANIFEST_SCHEMA, DatasetInfo
+from m2ad.datasets.m2ad import SPEC
+from m2ad.datasets.m2ad.fixture import read_meta, write, write_meta
+from m2ad.schema import DatasetInfo
 from m2ad.shard import (
     UNIT_MARKER,
     FolderSource,
@@ -44,6 +47,38 @@ from m2ad.shard import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+PARSE = SPEC.layout.parse
+MANIFEST_COLUMNS = pa.schema([
+    ("sample_id", pa.string()), ("dataset", pa.string()), ("category", pa.string()), ("split", pa.string()), ("specimen", pa.string()),
+    ("view", pa.string()), ("illumination", pa.string()), ("label", pa.int8()), ("object_label", pa.int8()),
+    ("defect_types", pa.list_(pa.string())), ("detectable", pa.bool_()), ("has_mask", pa.bool_()), ("width", pa.int32()),
+    ("height", pa.int32()), ("shard_dir", pa.string()), ("shard_row", pa.int64()),
+])  # fmt: skip
+"""The manifest of an M2AD dataset, as format 1 wrote it."""
+
+
+def write_tree(root: Path, categories: tuple[str, ...] = ("Cube",), normal: int = 2, ng: int = 1, size: int = 16) -> Path:
+    """An M2AD release tree from the dataset's fixture writer."""
+    root.mkdir(parents=True)
+    write(root, categories=categories, normal_specimens=normal, ng_specimens=ng, resolution=size, seed=0, workers=1, progress=False)
+    return root
+
+
+def records_of(root: Path) -> list[dict]:
+    meta = read_meta(root)
+    return [{**record, "split": split} for split in ("train", "test") for records in meta[split].values() for record in records]
+
+
+def official_split(names: list[str]) -> set[str]:
+    """Normal specimens that go to train: sort, shuffle with seed 42, first int(0.6 N)."""
+    ordered = sorted(names)
+    random.Random(42).shuffle(ordered)
+    return set(ordered[: int(0.6 * len(ordered))])
+
+
+def defect_tokens(name: str) -> list[str]:
+    """The tokens of an NG folder name ``<token>_<n>[_<token>_<n>...]_<NNN>``."""
+    return name.split("_")[:-1:2]
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -51,10 +86,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two categories: Bird (3 normal, 2 NG) and Car (2 normal, 1 NG), 16 px."""
-    root = tmp_path_factory.mktemp("tree") / "m2ad"
-    write_tree(root, categories={"Bird": (3, 2), "Car": (2, 1)})
-    return root
+    """Two categories, Cube and Ring, each 3 normal and 2 NG specimens, 16 px."""
+    return write_tree(tmp_path_factory.mktemp("tree") / "m2ad", ("Cube", "Ring"), normal=3, ng=2)
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +100,12 @@ def original(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("small") / "m2ad"
-    write_tree(root, categories={"Bird": (2, 1)})
-    return root
+    return write_tree(tmp_path_factory.mktemp("small") / "m2ad")
 
 
 @pytest.fixture()
 def small_tree(small_template: Path, tmp_path: Path) -> Path:
-    """A fresh copy of a one-category tree (Bird: 2 normal, 1 NG) that a test may corrupt."""
+    """A fresh copy of a one-category tree (Cube: 2 normal, 1 NG) that a test may corrupt."""
     return Path(shutil.copytree(small_template, tmp_path / "small"))
 
 
@@ -94,7 +125,7 @@ def test_original_resolution_round_trips_byte_identical(tree: Path, original: Pa
     manifest = pl.read_parquet(original / "manifest.parquet")
     meta = read_meta(tree)
     records = {r["img_path"]: (split, r) for split in meta for cls in meta[split] for r in meta[split][cls]}
-    assert manifest.height == len(records) == 8 * 120
+    assert manifest.height == len(records) == 10 * 120
     assert manifest["sample_id"].n_unique() == manifest.height
     for (shard_dir,), rows in manifest.group_by("shard_dir"):
         dataset = _arrow(original, shard_dir)
@@ -117,44 +148,50 @@ def test_original_resolution_round_trips_byte_identical(tree: Path, original: Pa
 
 
 def test_load_from_disk_decodes_images_and_masks(tree: Path, original: Path) -> None:
-    dataset = datasets.load_from_disk(str(original / "Bird/test"))
+    dataset = datasets.load_from_disk(str(original / "Cube/test"))
     assert set(dataset.features) >= {"sample_id", "image", "mask", "mask_official", "defect_types", "detectable"}
     ng_rows = [row for row in dataset if row["object_label"] == 1]
     assert ng_rows, "the test split holds the NG specimens"
     for row in ng_rows[:: len(ng_rows) // 5]:
         release_path = row["sample_id"].removeprefix("m2ad/")
         assert np.array_equal(np.asarray(row["image"]), np.asarray(Image.open(tree / release_path)))
-        assert row["defect_types"] == [row["specimen"].split("_")[0]]
+        assert row["defect_types"] == defect_tokens(row["specimen"])
         if row["mask"] is not None:
-            mask_path = tree / "Bird/GT" / row["specimen"] / f"A{row['view']}_mask.png"
+            mask_path = tree / "Cube/GT" / row["specimen"] / f"A{row['view']}_mask.png"
             assert np.array_equal(np.asarray(row["mask"]), np.asarray(Image.open(mask_path)))
 
 
 def test_manifest_schema_and_split_rule(tree: Path, original: Path) -> None:
     manifest = pl.read_parquet(original / "manifest.parquet")
-    assert pq.read_schema(original / "manifest.parquet").remove_metadata().equals(MANIFEST_SCHEMA)
-    for category, (normal, defective) in {"Bird": (3, 2), "Car": (2, 1)}.items():
-        normal_names, ng_names = specimen_names(normal, defective)
+    schema = pq.read_schema(original / "manifest.parquet").remove_metadata()
+    assert schema.equals(MANIFEST_COLUMNS)
+    records = records_of(tree)
+    for category in ("Cube", "Ring"):
+        own = [r for r in records if r["cls_name"] == category]
+        normal_names = sorted({r["object_name"] for r in own if not r["object_anomaly"]})
+        ng_names = sorted({r["object_name"] for r in own if r["object_anomaly"]})
+        assert (len(normal_names), len(ng_names)) == (3, 2)
         rows = manifest.filter(pl.col("category") == category)
         train = set(rows.filter(pl.col("split") == "train")["specimen"].unique())
         assert train == official_split(normal_names)
         assert set(rows.filter(pl.col("split") == "test")["specimen"].unique()) == (set(normal_names) - train) | set(ng_names)
         per_specimen = rows.group_by("specimen").agg(pl.struct("view", "illumination").n_unique().alias("configs"))
-        assert per_specimen["configs"].to_list() == [120] * (normal + defective)
+        assert per_specimen["configs"].to_list() == [120] * 5
         anomalous = rows.filter(pl.col("label") == 1)
-        assert anomalous.height == defective * len(DEFECT_VIEWS) * len(LIGHTS)
-        assert set(anomalous["view"]) == set(DEFECT_VIEWS)
+        masked = [r for r in own if r["mask_path"]]
+        assert anomalous.height == len(masked) > 0
+        assert set(anomalous["view"]) == {r["view"] for r in masked}
     info = DatasetInfo.read(original)
-    assert info.dataset == "m2ad" and info.resolution == "original" and info.categories == ["Bird", "Car"]
+    assert info.dataset == "m2ad" and info.resolution == "original" and info.categories == ["Cube", "Ring"]
     card = (original / "README.md").read_text()
-    for needle in ("license", "Apache-2.0", "original", "exact", "official", "| Bird | test |"):
+    for needle in ("license", "Apache-2.0", "original", "exact", "official", "| Cube | test |"):
         assert needle in card
 
 
 def test_workers_do_not_change_the_result(tree: Path, original: Path, tmp_path: Path) -> None:
     serial = tmp_path / "serial"
-    shard_tree(tree, serial, workers=1, progress=False, categories=["Car"])
-    for unit in ("Car/train", "Car/test"):
+    shard_tree(tree, serial, workers=1, progress=False, categories=["Ring"])
+    for unit in ("Ring/train", "Ring/test"):
         assert _arrow(serial, unit).data.table.equals(_arrow(original, unit).data.table)
 
 
@@ -185,7 +222,7 @@ def test_zip_source_contract(small_tree: Path, tmp_path: Path) -> None:
     from m2ad.archive import ZipSource
 
     zips = []
-    for top in ("jsons", "Bird"):
+    for top in ("jsons", "Cube"):
         archive = tmp_path / f"{top}.zip"
         with zipfile.ZipFile(archive, "w") as zipped:
             for path in sorted((small_tree / top).rglob("*")):
@@ -195,7 +232,7 @@ def test_zip_source_contract(small_tree: Path, tmp_path: Path) -> None:
     from_zips, from_folder = tmp_path / "zips", tmp_path / "folder"
     shard_tree(ZipSource(zips), from_zips, workers=2, progress=False)
     shard_tree(small_tree, from_folder, workers=1, progress=False)
-    for unit in ("Bird/train", "Bird/test"):
+    for unit in ("Cube/train", "Cube/test"):
         assert _arrow(from_zips, unit).data.table.equals(_arrow(from_folder, unit).data.table)
 
 
@@ -252,15 +289,15 @@ def test_mask_rules_hand_checked() -> None:
 
 
 def test_resized_shards_follow_both_rules(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    write_tree(root, categories={"Bird": (1, 1)}, size=32)
-    ng = specimen_names(1, 1)[1][0]
+    root = write_tree(tmp_path / "tree", normal=1, ng=1, size=32)
+    masked = [r for r in records_of(root) if r["mask_path"]]
+    tiny_view = masked[0]["view"]
     tiny = np.zeros((32, 32), np.uint8)
     tiny[9, 2] = 255  # one pixel: survives only the exact rule at 32 -> 8
-    Image.fromarray(tiny, "L").save(root / f"Bird/GT/{ng}/A000_mask.png")
+    Image.fromarray(tiny, "L").save(root / masked[0]["mask_path"])
     out = tmp_path / "out"
     shard_tree(root, out, resolution=8, workers=1, progress=False)
-    dataset = _arrow(out, "Bird/test")
+    dataset = _arrow(out, "Cube/test")
     table = dataset.data.table.to_pylist()
     checked = 0
     for row in table:
@@ -271,16 +308,16 @@ def test_resized_shards_follow_both_rules(tmp_path: Path) -> None:
         assert np.array_equal(stored, np.asarray(source.resize((8, 8), Image.Resampling.BILINEAR)))
         if row["mask"] is None:
             continue
-        source_mask = np.asarray(Image.open(root / f"Bird/GT/{row['specimen']}/A{row['view']}_mask.png")) > 0
+        source_mask = np.asarray(Image.open(root / f"Cube/GT/{row['specimen']}/A{row['view']}_mask.png")) > 0
         exact = np.asarray(Image.open(io.BytesIO(row["mask"]["bytes"]))) > 0
         official = np.asarray(Image.open(io.BytesIO(row["mask_official"]["bytes"]))) > 0
         assert np.array_equal(exact, _brute_exact(source_mask, 8, 8))
         reference = np.asarray(Image.fromarray(source_mask.astype(np.uint8) * 255, "L").resize((8, 8), Image.Resampling.BILINEAR)) == 255
         assert np.array_equal(official, reference)
-        if row["view"] == "000":
+        if row["view"] == tiny_view:
             assert exact.sum() == 1 and not official.any()
         checked += 1
-    assert checked == len(DEFECT_VIEWS) * len(LIGHTS)
+    assert checked == len(masked)
 
 
 def test_resolution_arguments() -> None:
@@ -302,7 +339,7 @@ import m2ad.shard as shard
 original, calls = shard._process_specimen, []
 def killing(records, resolution, source=None):
     calls.append(1)
-    if len(calls) == 3:  # Bird/train (1 specimen) is done; Bird/test is half-way
+    if len(calls) == 3:  # Cube/train (1 specimen) is done; Cube/test is half-way
         os.kill(os.getpid(), signal.SIGKILL)
     return original(records, resolution, source)
 shard._process_specimen = killing
@@ -314,21 +351,21 @@ def test_resume_after_kill(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     killed = subprocess.run([sys.executable, "-c", _KILLER, str(tree), str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
-    assert (out / "Bird/train" / UNIT_MARKER).is_file()
-    assert not (out / "Bird/test").exists() and not (out / "Car").exists()
+    assert (out / "Cube/train" / UNIT_MARKER).is_file()
+    assert not (out / "Cube/test").exists() and not (out / "Ring").exists()
     assert not (out / "manifest.parquet").exists() and not (out / "dataset.json").exists()
-    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (out / "Bird/train").iterdir()}
+    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (out / "Cube/train").iterdir()}
 
     report = shard_tree(tree, out, workers=1, progress=False, resolution=8)
-    assert report.reused_units == ["Bird/train"]
-    assert report.written_units == ["Bird/test", "Car/train", "Car/test"]
-    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (out / "Bird/train").iterdir()} == finished
+    assert report.reused_units == ["Cube/train"]
+    assert report.written_units == ["Cube/test", "Ring/train", "Ring/test"]
+    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in (out / "Cube/train").iterdir()} == finished
     assert not (out / ".partial").exists()
 
     fresh = tmp_path / "fresh"
     shard_tree(tree, fresh, workers=2, progress=False, resolution=8)
     assert pl.read_parquet(out / "manifest.parquet").equals(pl.read_parquet(fresh / "manifest.parquet"))
-    for unit in ("Bird/train", "Bird/test", "Car/train", "Car/test"):
+    for unit in ("Cube/train", "Cube/test", "Ring/train", "Ring/test"):
         assert _arrow(out, unit).data.table.equals(_arrow(fresh, unit).data.table)
 
     again = shard_tree(tree, out, workers=1, progress=False, resolution=8)
@@ -337,12 +374,12 @@ def test_resume_after_kill(tree: Path, tmp_path: Path) -> None:
 
 def test_category_by_category_accumulates(tree: Path, original: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    first = shard_tree(tree, out, categories=["Car"], workers=1, progress=False)
-    assert first.categories == ["Car"] and first.samples == 3 * 120
-    second = shard_tree(tree, out, categories=["Bird"], workers=1, progress=False)
-    assert second.categories == ["Bird", "Car"] and second.written_units == ["Bird/train", "Bird/test"]
+    first = shard_tree(tree, out, categories=["Ring"], workers=1, progress=False)
+    assert first.categories == ["Ring"] and first.samples == 5 * 120
+    second = shard_tree(tree, out, categories=["Cube"], workers=1, progress=False)
+    assert second.categories == ["Cube", "Ring"] and second.written_units == ["Cube/train", "Cube/test"]
     assert pl.read_parquet(out / "manifest.parquet").equals(pl.read_parquet(original / "manifest.parquet"))
-    assert DatasetInfo.read(out).categories == ["Bird", "Car"]
+    assert DatasetInfo.read(out).categories == ["Cube", "Ring"]
 
 
 def test_out_folder_guards(tree: Path, original: Path, tmp_path: Path) -> None:
@@ -363,7 +400,13 @@ def test_out_folder_guards(tree: Path, original: Path, tmp_path: Path) -> None:
 
 
 def _ng(root: Path) -> str:
-    return f"Bird/NG/{specimen_names(2, 1)[1][0]}"
+    """The NG specimen folder of the small tree."""
+    return next(f"Cube/NG/{r['object_name']}" for r in records_of(root) if r["object_anomaly"])
+
+
+def _masked_view(root: Path) -> str:
+    """A view of the NG specimen that has a mask."""
+    return next(r["view"] for r in records_of(root) if r["mask_path"])
 
 
 def _truncate(root: Path) -> tuple[str, str]:
@@ -374,43 +417,43 @@ def _truncate(root: Path) -> tuple[str, str]:
 
 
 def _garbage(root: Path) -> tuple[str, str]:
-    path = "Bird/Good/000/A120_I07.png"
+    path = "Cube/Good/000/A120_I07.png"
     (root / path).write_bytes(b"this is not a png")
     return "unreadable-image", path
 
 
 def _missing_mask(root: Path) -> tuple[str, str]:
-    path = f"{_ng(root).replace('/NG/', '/GT/')}/A090_mask.png"
+    path = f"{_ng(root).replace('/NG/', '/GT/')}/A{_masked_view(root)}_mask.png"
     (root / path).unlink()
     return "missing-mask", path
 
 
 def _mask_wrong_size(root: Path) -> tuple[str, str]:
-    path = f"{_ng(root).replace('/NG/', '/GT/')}/A000_mask.png"
+    path = f"{_ng(root).replace('/NG/', '/GT/')}/A{_masked_view(root)}_mask.png"
     Image.fromarray(np.full((8, 8), 255, np.uint8), "L").save(root / path)
     return "mask-size", path
 
 
 def _missing_configuration(root: Path) -> tuple[str, str]:
-    (root / "Bird/Good/001/A330_I10.png").unlink()
-    return "missing-configurations", "Bird/Good/001"
+    (root / "Cube/Good/001/A330_I10.png").unlink()
+    return "missing-configurations", "Cube/Good/001"
 
 
 def _unknown_name(root: Path) -> tuple[str, str]:
-    path = "Bird/Good/000/A015_I01.png"  # 15 degrees is not one of the 12 views
-    shutil.copy(root / "Bird/Good/000/A000_I01.png", root / path)
+    path = "Cube/Good/000/A015_I01.png"  # 15 degrees is not one of the 12 views
+    shutil.copy(root / "Cube/Good/000/A000_I01.png", root / path)
     return "unknown-file", path
 
 
 def _mask_for_normal(root: Path) -> tuple[str, str]:
-    (root / "Bird/GT/000").mkdir(parents=True)
-    shutil.copy(root / f"{_ng(root).replace('/NG/', '/GT/')}/A000_mask.png", root / "Bird/GT/000/A000_mask.png")
-    return "mask-for-normal", "Bird/GT/000"
+    (root / "Cube/GT/000").mkdir(parents=True)
+    shutil.copy(root / f"{_ng(root).replace('/NG/', '/GT/')}/A{_masked_view(root)}_mask.png", root / "Cube/GT/000/A000_mask.png")
+    return "mask-for-normal", "Cube/GT/000"
 
 
 def _meta_disagrees(root: Path) -> tuple[str, str]:
     meta = read_meta(root)
-    record = next(r for r in meta["test"]["Bird"] if r["object_anomaly"] == 1 and r["view"] == "060")
+    record = next(r for r in meta["test"]["Cube"] if r["object_anomaly"] == 1 and r["image_anomaly"] == 0)
     record["image_anomaly"] = 1
     write_meta(root, meta)
     return "meta-mismatch", record["img_path"]
@@ -418,16 +461,16 @@ def _meta_disagrees(root: Path) -> tuple[str, str]:
 
 def _not_in_meta(root: Path) -> tuple[str, str]:
     meta = read_meta(root)
-    dropped = "Bird/Good/000/A060_I02.png"
-    meta["train"]["Bird"] = [r for r in meta["train"]["Bird"] if r["img_path"] != dropped]
-    meta["test"]["Bird"] = [r for r in meta["test"]["Bird"] if r["img_path"] != dropped]
+    dropped = "Cube/Good/000/A060_I02.png"
+    meta["train"]["Cube"] = [r for r in meta["train"]["Cube"] if r["img_path"] != dropped]
+    meta["test"]["Cube"] = [r for r in meta["test"]["Cube"] if r["img_path"] != dropped]
     write_meta(root, meta)
-    return "not-in-meta", "Bird/Good/000"
+    return "not-in-meta", "Cube/Good/000"
 
 
 def _stray_category(root: Path) -> tuple[str, str]:
-    shutil.copytree(root / "Bird/Good/000", root / "Birds/Good/000")
-    return "unknown-category", "Birds"
+    shutil.copytree(root / "Cube/Good/000", root / "Cubes/Good/000")
+    return "unknown-category", "Cubes"
 
 
 CORRUPTIONS = {
@@ -473,9 +516,9 @@ def test_pixel_problems_leave_other_units_for_a_rerun(small_tree: Path, tmp_path
     out = tmp_path / "out"
     with pytest.raises(ShardError, match="unreadable-image"):
         shard_tree(small_tree, out, workers=1, progress=False)
-    assert (out / "Bird/train" / UNIT_MARKER).is_file() and not (out / "Bird/test").exists()
+    assert (out / "Cube/train" / UNIT_MARKER).is_file() and not (out / "Cube/test").exists()
     report = shard_tree(small_tree, out, strict=False, workers=1, progress=False)
-    assert report.reused_units == ["Bird/train"] and report.written_units == ["Bird/test"]
+    assert report.reused_units == ["Cube/train"] and report.written_units == ["Cube/test"]
     assert [p.path for p in report.skipped] == [path]
     # a strict rerun over the quarantined unit refuses again, rather than hiding the problem
     with pytest.raises(ShardError, match="unreadable-image"):
@@ -491,22 +534,23 @@ def test_missing_meta_json(small_tree: Path, tmp_path: Path) -> None:
 
 
 def test_class_without_files_is_one_problem(tree: Path) -> None:
-    class OnlyBird(FolderSource):
+    class OnlyCube(FolderSource):
         def list_files(self) -> list[str]:
-            return [path for path in super().list_files() if not path.startswith("Car/")]
+            return [path for path in super().list_files() if not path.startswith("Ring/")]
 
-    parsed = m2ad_layout.parse(OnlyBird(tree), dataset_name="m2ad")
-    assert [(p.kind, p.path) for p in parsed.problems] == [("missing-category", "Car")]
-    assert m2ad_layout.parse(OnlyBird(tree), dataset_name="m2ad", categories=["Bird"]).problems == []
+    parsed = PARSE(OnlyCube(tree), dataset_name="m2ad")
+    assert [(p.kind, p.path) for p in parsed.problems] == [("missing-category", "Ring")]
+    assert PARSE(OnlyCube(tree), dataset_name="m2ad", categories=["Cube"]).problems == []
 
 
 def test_parser_accepts_official_extras(small_tree: Path) -> None:
     ng = _ng(small_tree).replace("/NG/", "/GT/")
-    shutil.copy(small_tree / f"{ng}/A000_mask.png", small_tree / f"{ng}/A000_seg.png")
+    view = _masked_view(small_tree)
+    shutil.copy(small_tree / f"{ng}/A{view}_mask.png", small_tree / f"{ng}/A{view}_seg.png")
     (small_tree / "README.md").write_text("hub card")
     (small_tree / "jsons/meta.json").write_text("{}")
-    (small_tree / "Bird/Good/000/.DS_Store").write_bytes(b"\0")
-    parsed = m2ad_layout.parse(FolderSource(small_tree), dataset_name="m2ad")
+    (small_tree / "Cube/Good/000/.DS_Store").write_bytes(b"\0")
+    parsed = PARSE(FolderSource(small_tree), dataset_name="m2ad")
     assert parsed.problems == [] and len(parsed.records) == 360
 
 
@@ -517,7 +561,7 @@ def test_synthetic_tree_shards_cleanly(tmp_path: Path) -> None:
     from m2ad.synth import generate
 
     root = generate(tmp_path / "synth", categories=["Cube"], normal_specimens=3, ng_specimens=1, resolution=16, workers=2, progress=False)
-    parsed = m2ad_layout.parse(FolderSource(root), dataset_name=m2ad_layout.detect_dataset_name(FolderSource(root)))
+    parsed = PARSE(FolderSource(root), dataset_name="m2ad-synth")
     assert parsed.problems == []
     report = shard_tree(root, tmp_path / "out", resolution=8, workers=2, progress=False)
     assert report.dataset == "m2ad-synth" and report.samples == 4 * 120
@@ -539,7 +583,7 @@ def test_cli_shard_and_info(small_tree: Path, tmp_path: Path) -> None:
     assert "360 samples" in result.output
     result = runner.invoke(app, ["info", str(out)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
-    for needle in ("Bird", "train", "test", "completeness", "on disk", "330"):
+    for needle in ("Cube", "train", "test", "completeness", "on disk", "330"):
         assert needle in result.output
 
 
@@ -548,7 +592,7 @@ def test_cli_reports_bad_input_without_traceback(small_tree: Path, tmp_path: Pat
     runner = CliRunner()
     result = runner.invoke(app, ["shard", str(small_tree), str(tmp_path / "out"), "--workers", "1"])
     assert result.exit_code == 1
-    assert "missing-configurations" in result.output and "Bird/Good/001" in result.output and "Traceback" not in result.output
+    assert "missing-configurations" in result.output and "Cube/Good/001" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["shard", str(small_tree), str(tmp_path / "out2"), "--skip-bad", "--workers", "1"])
     assert result.exit_code == 0 and "skipped" in result.output
     for arguments in (["shard", str(tmp_path / "nowhere"), str(tmp_path / "o")], ["shard", str(small_tree), str(tmp_path / "o"), "--resolution", "big"], ["info", str(tmp_path)]):

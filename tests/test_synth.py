@@ -18,7 +18,10 @@ from typer.testing import CliRunner
 
 from m2ad import synth
 from m2ad.cli.synth import synth as synth_command
-from m2ad.schema import M2AD_ILLUMINATIONS, M2AD_VIEWS
+from m2ad.datasets.m2ad import ILLUMINATIONS as M2AD_ILLUMINATIONS
+from m2ad.datasets.m2ad import VIEWS as M2AD_VIEWS
+from m2ad.datasets.m2ad import fixture
+from m2ad.render import DEFECT_TOKENS
 
 SMALL = dict(categories=("Cube", "Ring"), normal_specimens=5, ng_specimens=4, resolution=64, seed=3, progress=False)
 RECORD_FIELDS = [
@@ -72,7 +75,7 @@ def test_layout_follows_official_naming(tree: Path) -> None:
             match = NG_DIR.fullmatch(directory.name)
             assert match, directory.name
             tokens = directory.name.split("_")[:-1:2]
-            assert set(tokens) <= set(synth.DEFECT_TOKENS) and tokens == sorted(set(tokens))
+            assert set(tokens) <= set(DEFECT_TOKENS) and tokens == sorted(set(tokens))
         gt = sorted(p.name for p in (tree / category / "GT").iterdir())
         assert set(gt) <= {p.name for p in ng}, "GT only for NG specimens"
         for directory in (tree / category / "GT").iterdir():
@@ -141,7 +144,7 @@ def test_split_function_matches_global_random_procedure(count: int) -> None:
     expected = sorted(names)
     random.seed(42)
     random.shuffle(expected)
-    train, test = synth.split_normal_specimens(names)
+    train, test = fixture.split_normal_specimens(names)
     assert train == expected[: int(count * 0.6)] and test == expected[int(count * 0.6) :]
 
 
@@ -228,20 +231,20 @@ def test_refuses_non_empty_folder_and_only_overwrites_synthetic_trees(tmp_path: 
 def test_interrupted_run_leaves_no_complete_looking_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def render_then_die(task: synth._SpecimenTask) -> list[dict]:
+    def render_then_die(task: fixture.SpecimenTask) -> list[dict]:
         if calls:
             raise KeyboardInterrupt
         calls.append(task)
         return real(task)
 
-    real = synth._render_specimen
-    monkeypatch.setattr(synth, "_render_specimen", render_then_die)
+    real = fixture.render_specimen
+    monkeypatch.setattr(fixture, "render_specimen", render_then_die)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         synth.generate(out, workers=1, **{**SMALL, "categories": ("Cube",), "resolution": 32})
     assert not out.exists()
     assert not synth.is_synthetic_tree(out.with_name("out.partial"))
-    monkeypatch.setattr(synth, "_render_specimen", real)
+    monkeypatch.setattr(fixture, "render_specimen", real)
     synth.generate(out, workers=1, **{**SMALL, "categories": ("Cube",), "resolution": 32})
     assert synth.is_synthetic_tree(out) and not out.with_name("out.partial").exists()
 

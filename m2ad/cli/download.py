@@ -21,7 +21,7 @@ def _resolution(value: str) -> int | str:
 
 
 def download(
-    dataset: Annotated[str, typer.Argument(help="Dataset to fetch, e.g. m2ad.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset to fetch: m2ad, mvtec-ad, visa or real-iad.")],
     categories: Annotated[
         list[str] | None,
         typer.Option("--categories", "-c", help="Categories to fetch (repeat the option or separate with commas); default: all."),
@@ -61,10 +61,15 @@ def download(
     allow_upsample: Annotated[
         bool, typer.Option("--allow-upsample", help="Accept a --resolution above the images' size (upsampling); still bounded by memory.")
     ] = False,
+    variant: Annotated[
+        str | None, typer.Option(help="Release variant, where a dataset has several (Real-IAD: 256, 512, 1024 (default) or raw).")
+    ] = None,
 ) -> None:
     """Download a dataset, verify its checksums and shard it into Arrow, one category at a time.
 
     Downloads resume where they stopped after an interruption: run the same command again.
+    Gated datasets (Real-IAD) use your Hugging Face login (`hf auth login` or HF_TOKEN); the
+    token is never printed. MVTec AD's official link rotates: pass the current one with --source.
     """
     from m2ad.archive import UnsafeArchiveError
     from m2ad.datasets.registry import available
@@ -89,6 +94,7 @@ def download(
             workers=workers,
             console=console,
             allow_upsample=allow_upsample,
+            variant=variant,
         )
     except (DownloadError, UnsafeArchiveError, zipfile.BadZipFile, FileNotFoundError, FileExistsError) as error:
         fail(str(error))

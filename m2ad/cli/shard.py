@@ -31,7 +31,7 @@ def _print_problems(problems: Sequence[Problem], title: str) -> None:
 
 
 def shard(
-    src: Annotated[Path, typer.Argument(help="M2AD release tree in the official layout (real or from `m2ad synth`).")],
+    src: Annotated[Path, typer.Argument(help="A release tree in its official layout (real or from `m2ad synth`).")],
     out: Annotated[Path, typer.Argument(help="Folder for the shards; a rerun on the same folder resumes.")],
     resolution: Annotated[
         str, typer.Option(help="'original' (released bytes, unchanged) or the pixels of the longer side, e.g. 256 or 512.")
@@ -46,21 +46,28 @@ def shard(
     ] = False,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Dataset name used in sample ids; default: m2ad, or m2ad-synth for a synthetic tree.")
+        str | None,
+        typer.Option(help="Registered dataset whose layout the tree has (m2ad, mvtec-ad, visa, real-iad, folder for your own data "
+                          "in the MVTec layout, or NAME-synth); also the sample-id prefix. Default: detected from the tree."),
+    ] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="Release variant, where a dataset has several (Real-IAD: 256, 512, 1024 or raw image folders).")
     ] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest Arrow shard file, e.g. 256MB or 1GB.")] = "256MB",
     allow_upsample: Annotated[
         bool, typer.Option("--allow-upsample", help="Accept a --resolution above the images' size (upsampling); still bounded by memory.")
     ] = False,
 ) -> None:
-    """Validate an M2AD tree (120 configurations per specimen, masks only for NG specimens, file names,
-    meta JSON against the files, decodable PNGs, mask sizes) and write Arrow shards, a Parquet manifest
-    and a dataset card. Interrupted runs resume. A --resolution above the images' size is refused
-    (see --allow-upsample), and so is one whose resizing would not fit in memory."""
+    """Validate a release tree (file names, its split file against the files, completeness, masks only
+    for defective images, decodable images and masks of the right size and mode) and write Arrow shards,
+    a Parquet manifest and a dataset card. The layout is the --dataset's, or the one detected from the
+    files (a tree that fits several is refused, naming them). Interrupted runs resume. A --resolution
+    above the images' size is refused (see --allow-upsample), and so is one whose resizing would not fit
+    in memory. Exit status 2 for bad input, 1 for problems in the tree."""
     from m2ad.shard import ShardError, shard_tree
 
     if not src.is_dir():
-        fail(f"{src} is not a folder holding an M2AD tree", code=2)
+        fail(f"{src} is not a folder holding a release tree", code=2)
     try:
         report = shard_tree(
             src,
@@ -72,6 +79,7 @@ def shard(
             workers=workers,
             max_shard_size=max_shard_size,
             allow_upsample=allow_upsample,
+            variant=variant,
         )
     except ShardError as error:
         _print_problems(error.problems, "problems")
@@ -108,8 +116,8 @@ def _human(size: int) -> str:
 def info(
     path: Annotated[Path, typer.Argument(help="Sharded dataset folder (written by `m2ad shard` or `m2ad download`).")],
 ) -> None:
-    """Summarise a sharded dataset: counts per category, split and label; detectability;
-    view x illumination completeness; size on disk."""
+    """Summarise a sharded dataset: counts per category, split and label; its extra columns (M2AD:
+    detectability); view x illumination completeness where it has both axes; size on disk."""
     import polars as pl
 
     from m2ad.data import load_manifest
@@ -128,10 +136,16 @@ def info(
         highlight=False,
     )
     if described.source:
-        console.print("source: " + ", ".join(f"{k}={v}" for k, v in sorted(described.source.items()) if k != "checksums"), highlight=False)
+        console.print("source: " + ", ".join(f"{k}={v}" for k, v in sorted(described.source.items()) if k not in ("checksums", "files", "citation")), highlight=False)
+    console.print(
+        f"spec {described.spec or described.dataset}, axes {', '.join(described.axes) or 'none'}, protocols {', '.join(described.protocols) or 'none'}, "
+        f"geometry {described.geometry}, shot unit {described.shot_unit}",
+        highlight=False,
+    )
+    flags = [name for name in described.extra_columns if manifest.schema.get(name) == pl.Boolean]
 
     counts = Table(title="samples per category and split")
-    for column in ("category", "split", "images", "normal", "anomalous", "specimens (NG)", "detectable yes/no", "masks", "size"):
+    for column in ("category", "split", "images", "normal", "anomalous", "specimens (NG)", *(f"{name} yes/no" for name in flags), "masks", "size"):
         counts.add_column(column, justify="left" if column in ("category", "split") else "right")
     per_unit = manifest.group_by(["category", "split"], maintain_order=True).agg(
         pl.len().alias("images"),
@@ -139,8 +153,8 @@ def info(
         (pl.col("label") == 1).sum().alias("anomalous"),
         pl.col("specimen").n_unique().alias("specimens"),
         pl.col("specimen").filter(pl.col("object_label") == 1).n_unique().alias("ng"),
-        (pl.col("detectable") == True).sum().alias("detectable"),  # noqa: E712 (polars expression)
-        (pl.col("detectable") == False).sum().alias("undetectable"),  # noqa: E712 (polars expression)
+        *((pl.col(name) == True).sum().alias(f"{name}:yes") for name in flags),  # noqa: E712 (polars expression)
+        *((pl.col(name) == False).sum().alias(f"{name}:no") for name in flags),  # noqa: E712 (polars expression)
         pl.col("has_mask").sum().alias("masks"),
         pl.col("shard_dir").first().alias("shard_dir"),
     )
@@ -152,7 +166,7 @@ def info(
             f"{row['normal']:,}",
             f"{row['anomalous']:,}",
             f"{row['specimens']} ({row['ng']})",
-            f"{row['detectable']:,}/{row['undetectable']:,}",
+            *(f"{row[f'{name}:yes']:,}/{row[f'{name}:no']:,}" for name in flags),
             f"{row['masks']:,}",
             _human(_size(path / row["shard_dir"])),
         )

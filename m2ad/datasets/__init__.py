@@ -1,19 +1,25 @@
-"""One module per dataset: its layout parser (release tree -> schema records and problems).
+"""Datasets as specs: one package per dataset (``m2ad.datasets.<name>``) holding its spec,
+its layout parser and its fixture writer, found through :mod:`m2ad.datasets.registry`.
 
-``m2ad.datasets.m2ad.parse(source, dataset_name=...)`` reads an M2AD release (real or
-synthetic) through a :class:`m2ad.schema.TreeSource` and returns a
-:class:`m2ad.schema.ParsedRelease`; ``m2ad.shard`` writes the records as Arrow shards.
+Reusable layouts live in :mod:`m2ad.datasets.layouts`: the MVTec-style folder layout
+(``folder``: MVTec-AD and a user's own data) and the listing layout (a split file that lists
+every image: M2AD's and Real-IAD's JSON, VisA's CSV).
 """
 
-# The dataset registry (sources, checksums, license) lives in m2ad.datasets.registry.
-from m2ad.datasets.registry import (  # noqa: E402
-    DatasetSpec,
-    FileSpec,
-    HubSource,
-    ManualSource,
-    UrlSource,
-    available,
-    get,
-)
+from m2ad.datasets.registry import LayoutError, available, detect, get, spec_name
+from m2ad.datasets.spec import DatasetSpec, ExtraColumn, FileSpec, HubSource, Layout, ManualSource, UrlSource
 
-__all__ = ["DatasetSpec", "FileSpec", "HubSource", "ManualSource", "UrlSource", "available", "get"]
+__all__ = [
+    "DatasetSpec",
+    "ExtraColumn",
+    "FileSpec",
+    "HubSource",
+    "Layout",
+    "LayoutError",
+    "ManualSource",
+    "UrlSource",
+    "available",
+    "detect",
+    "get",
+    "spec_name",
+]

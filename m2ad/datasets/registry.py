@@ -1,115 +1,79 @@
-"""The dataset registry: where each dataset comes from and how to check it.
+"""The dataset registry: one package per dataset, found by name or by the shape of a tree.
 
-Each dataset is one module ``m2ad.datasets.<name>`` that holds its layout parser and a
-``DOWNLOAD_SPEC`` (:class:`DatasetSpec`): its files with pinned checksums where known, where to
-fetch them (:class:`HubSource`, :class:`UrlSource` or :class:`ManualSource`), its license and
-citation.  Adding a dataset means adding that module and one line to :data:`DATASET_MODULES`.
+Each dataset is a package ``m2ad.datasets.<name>`` whose ``SPEC`` is its
+:class:`~m2ad.datasets.spec.DatasetSpec` (files, sources, checksums, license, layout parser,
+fixture writer, ...).  Adding a dataset means adding that package and one line to
+:data:`DATASET_PACKAGES`; the CLI, the sharder, the downloader, the card and the conformance
+tests take everything from the spec.
 
 Checksums are pinned only where they are known.  A file without a pinned checksum is verified
 against the Hub's LFS metadata (its sha256) or a mirror's ``SHA256SUMS``; a file that nothing
 can verify is refused unless the user accepts it unverified (and the dataset card says so).
+
+A synthetic tree written by ``m2ad synth --dataset NAME`` is the dataset ``NAME-synth``,
+which uses the spec of ``NAME``.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-DATASET_MODULES: dict[str, str] = {
+from m2ad.datasets.spec import NOT_THIS, DatasetSpec
+
+DATASET_PACKAGES: dict[str, str] = {
     "m2ad": "m2ad.datasets.m2ad",
+    "mvtec-ad": "m2ad.datasets.mvtec_ad",
+    "visa": "m2ad.datasets.visa",
+    "real-iad": "m2ad.datasets.real_iad",
+    "folder": "m2ad.datasets.folder",
 }
-"""Registry name -> module holding its ``DOWNLOAD_SPEC`` (MVTec-AD and Real3D-AD come later)."""
+"""Registry name -> package holding its ``SPEC``."""
+
+SYNTHETIC_SUFFIX = "-synth"
 
 
-@dataclass(frozen=True)
-class FileSpec:
-    """One file of a release: an archive (``.zip``, ``.tar``, ``.tar.xz``, ...).
+class LayoutError(ValueError):
+    """No registered layout, or more than one equally, fits a tree; ``candidates`` names them."""
 
-    ``categories`` lists the categories whose samples the file holds; ``None`` means every
-    category needs it (M2AD's ``jsons.zip``, MVTec-AD's single tar).  ``url`` is where a
-    :class:`UrlSource` fetches it.
-    """
-
-    name: str
-    sha256: str | None = None
-    size: int | None = None
-    categories: tuple[str, ...] | None = None
-    url: str | None = None
-
-
-@dataclass(frozen=True)
-class HubSource:
-    """A Hugging Face Hub repository; the pinned checksums hold at ``revision``."""
-
-    repo_id: str
-    revision: str
-    repo_type: str = "dataset"
-
-
-@dataclass(frozen=True)
-class UrlSource:
-    """Plain HTTP(S) downloads: every file has its ``url`` and a pinned ``sha256``."""
-
-
-@dataclass(frozen=True)
-class ManualSource:
-    """Files the user must fetch by hand (Drive-only, Baidu-only or gated) and then pass
-    with ``--source PATH``; ``instructions`` says how."""
-
-    instructions: str
-
-
-Source = HubSource | UrlSource | ManualSource
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Everything needed to fetch and check a dataset's release.
-
-    ``name`` is the registry name and the sample-id prefix given to the sharder;
-    ``layout_module`` names the module with the layout parser; ``notes`` is advice shown when
-    a file or revision cannot be found (e.g. which revision to try instead); ``image_size`` is
-    the longer side, in pixels, of the released images (``None``: unknown or varying), above
-    which ``download`` refuses a resolution before fetching anything.
-    """
-
-    name: str
-    title: str
-    license: str
-    citation: str
-    homepage: str
-    categories: tuple[str, ...]
-    files: tuple[FileSpec, ...]
-    source: Source
-    layout_module: str
-    notes: str = ""
-    image_size: int | None = None
-
-    def files_for(self, category: str) -> list[FileSpec]:
-        """The files needed to shard ``category``, in declaration order."""
-        if category not in self.categories:
-            raise ValueError(f"{self.name} has no category {category!r}; expected one of {', '.join(self.categories)}")
-        return [spec for spec in self.files if spec.categories is None or category in spec.categories]
-
-    def file(self, name: str) -> FileSpec:
-        """The declared file called ``name``."""
-        for spec in self.files:
-            if spec.name == name:
-                return spec
-        raise KeyError(f"{self.name} declares no file {name!r}")
+    def __init__(self, message: str, candidates: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.candidates = list(candidates)
 
 
 def available() -> list[str]:
     """Names of the registered datasets."""
-    return sorted(DATASET_MODULES)
+    return sorted(DATASET_PACKAGES)
+
+
+def spec_name(dataset: str) -> str:
+    """The registry name behind a dataset name: itself, or ``NAME`` for ``NAME-synth``
+    (case-insensitive); raises ``KeyError`` for a name no spec serves."""
+    key = dataset.lower()
+    if key not in DATASET_PACKAGES and key.endswith(SYNTHETIC_SUFFIX):
+        key = key[: -len(SYNTHETIC_SUFFIX)]
+    if key not in DATASET_PACKAGES:
+        raise KeyError(f"unknown dataset {dataset!r}; available: {', '.join(available())}")
+    return key
 
 
 def get(name: str) -> DatasetSpec:
-    """The download spec of dataset ``name`` (case-insensitive)."""
-    key = name.lower()
-    if key not in DATASET_MODULES:
-        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    spec = importlib.import_module(DATASET_MODULES[key]).DOWNLOAD_SPEC
+    """The spec of dataset ``name`` (case-insensitive; ``NAME-synth`` gives ``NAME``'s)."""
+    key = spec_name(name)
+    spec = importlib.import_module(DATASET_PACKAGES[key]).SPEC
     if not isinstance(spec, DatasetSpec):
-        raise TypeError(f"{DATASET_MODULES[key]}.DOWNLOAD_SPEC is not a DatasetSpec")
+        raise TypeError(f"{DATASET_PACKAGES[key]}.SPEC is not a DatasetSpec")
     return spec
+
+
+def detect(files: Sequence[str]) -> DatasetSpec:
+    """The dataset whose layout fits a tree with these files best; :class:`LayoutError`
+    (naming the candidates) when none fits or several fit equally well."""
+    scores = {name: get(name).layout.detect(files) for name in available()}
+    best = max(scores.values())
+    candidates = sorted(name for name, score in scores.items() if score == best and best > NOT_THIS)
+    if not candidates:
+        raise LayoutError(f"the tree is in no known layout ({', '.join(available())}); pass --dataset NAME")
+    if len(candidates) > 1:
+        raise LayoutError(f"the tree fits several layouts: {', '.join(candidates)}; pass --dataset with one of them", candidates)
+    return get(candidates[0])

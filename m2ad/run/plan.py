@@ -160,6 +160,10 @@ def build_plan(config: RunConfig, data: Path, identity: str, run_dir: Path, meth
     categories = resolve_categories(config, manifest, data)
     train_info = DatasetInfo.read(config.train_data) if config.train_data is not None else None
     check_cards(config, info, manifest, train_info)
+    try:
+        info.check_protocol(config.protocol)
+    except ValueError as error:
+        raise RunError(str(error)) from None
     protocol = protocols.get(config.protocol)
     if config.train_data is not None:
         train_data, train_manifest = Path(config.train_data), m2ad_data.load_manifest(config.train_data)
@@ -170,7 +174,7 @@ def build_plan(config: RunConfig, data: Path, identity: str, run_dir: Path, meth
         train_data, train_manifest, train_identity = data, manifest, identity
         train_rows = {} if config.setting == "zero-shot" else {category: protocol.train_samples(manifest, category) for category in categories}
         train_described = info
-    unit = shot_unit(train_described, train_manifest)
+    unit = shot_unit(train_described)
     fit_setting = Setting(config.setting, config.shots)
     train_dataset = train_info.dataset if train_info is not None else None
     names = {category: class_name(train_described, category) for category in train_rows}

@@ -50,10 +50,9 @@ class TrainingSelection:
     shot_unit: str | None = None
 
 
-def shot_unit(info: DatasetInfo, manifest: pl.DataFrame) -> str:
-    """What one shot of this dataset is: its spec's ``shot_unit`` once the spec fields are
-    filled, else ``specimen`` when the manifest has views and ``image`` otherwise."""
-    unit = info.shot_unit if (info.axes or info.protocols) else ("specimen" if manifest["view"].is_not_null().any() else "image")
+def shot_unit(info: DatasetInfo) -> str:
+    """What one shot of this dataset is, as its spec says (``dataset.json``)."""
+    unit = info.shot_unit
     if unit not in SHOT_UNITS:
         raise RunError(f"{info.dataset}: shot_unit must be one of {', '.join(SHOT_UNITS)}, got {unit!r}")
     return unit
