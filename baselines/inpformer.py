@@ -39,13 +39,13 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
 from baselines.backbones import registry
 from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, Mlp, ViTConfig, infer_vit_config, softmax_attention
 from baselines.backbones.registry import TINY_VIT
 from baselines.base import Batch, MethodCard, Setting
+from baselines.reconstruction import anomaly_map, default_target_layers, normalize, preprocess, resize_crop, smooth, top_mean, uncrop
 from baselines.training import Recipe, StableAdamW, autocast, train_head, warm_cosine_lr
 
 
@@ -55,16 +55,6 @@ SOFT_MINING_GAMMA = 3.0
 
 TINY_ENCODER = TINY_VIT
 """A 40-wide, 4-head, 4-block encoder for smoke tests with random weights (``encoder=tiny``)."""
-
-
-def default_target_layers(depth: int) -> tuple[int, ...]:
-    """Encoder blocks INP-Former taps: 2-9 for 12 blocks (ViT-S/B), 4, 6, ..., 18 for 24 (ViT-L);
-    for other depths every block (an even count) or every block but the first (odd depths)."""
-    if depth == 12:
-        return tuple(range(2, 10))
-    if depth == 24:
-        return tuple(range(4, 19, 2))
-    return tuple(range(depth % 2, depth))
 
 
 @dataclass(frozen=True)
@@ -300,48 +290,6 @@ def soft_mining_loss(encoder: list[torch.Tensor], decoder: list[torch.Tensor], g
     return total / len(encoder)
 
 
-def anomaly_map(encoder: list[torch.Tensor], decoder: list[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Official ``cal_anomaly_maps``: per group 1 - cosine over channels, bilinear
-    (``align_corners=True``) to ``size``, mean over groups -> (B, 1, H, W) float32."""
-    maps = []
-    for target, output in zip(encoder, decoder, strict=True):
-        distance = 1.0 - F.cosine_similarity(target.float(), output.float(), dim=1)
-        maps.append(F.interpolate(distance.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=True))
-    return torch.cat(maps, dim=1).mean(dim=1, keepdim=True)
-
-
-def official_gaussian_kernel(size: int = 5, sigma: float = 4.0) -> torch.Tensor:
-    """The official ``get_gaussian_kernel``: a normalised ``size`` x ``size`` Gaussian (1, 1, k, k)."""
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
-    grid = coords[None, :] ** 2 + coords[:, None] ** 2
-    kernel = torch.exp(-grid / (2.0 * sigma**2))
-    return (kernel / kernel.sum()).view(1, 1, size, size)
-
-
-def smooth(maps: torch.Tensor, method: str = "official") -> torch.Tensor:
-    """Smooth (B, 1, H, W) maps: ``official`` 5 x 5 sigma-4 Gaussian with zero padding,
-    ``scipy`` ``ndimage.gaussian_filter(sigma=4)`` per map (M2AD code), or ``none``."""
-    if method == "official":
-        kernel = official_gaussian_kernel().to(maps.device, maps.dtype)
-        return F.conv2d(maps, kernel, padding=kernel.shape[-1] // 2)
-    if method == "scipy":
-        smoothed = np.stack([ndimage.gaussian_filter(item, sigma=4) for item in maps[:, 0].cpu().numpy()])
-        return torch.from_numpy(smoothed).unsqueeze(1).to(maps.device)
-    if method == "none":
-        return maps
-    raise ValueError(f"unknown smoothing {method!r}; expected official, scipy or none")
-
-
-def top_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Official image score: mean of the top ``int(pixels * fraction)`` values of each map; the
-    maximum when that count is 0."""
-    flat = maps.reshape(maps.shape[0], -1)
-    count = int(flat.shape[1] * fraction)
-    if count == 0:
-        return flat.amax(dim=1)
-    return flat.topk(count, dim=1).values.mean(dim=1)
-
-
 def infer_arch(state_dict: dict[str, torch.Tensor], target_layers: tuple[int, ...] | None = None) -> INPFormerArch:
     """The ``INPFormerArch`` of an official INP-Former state dict.
 
@@ -457,29 +405,9 @@ class INPFormerConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
-def resize_crop(images: torch.Tensor, input_size: int, crop_size: int) -> torch.Tensor:
-    """Official geometry of uint8 (B, 3, H, W): resize to ``input_size`` square (bilinear,
-    antialiased, rounded to uint8 as PIL does), then centre-crop ``crop_size``; stays uint8."""
-    if images.shape[-2:] != (input_size, input_size):
-        resized = F.interpolate(images.float(), size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
-        images = resized.round_().clamp_(0, 255).to(torch.uint8)
-    offset = (input_size - crop_size) // 2
-    return images[..., offset : offset + crop_size, offset : offset + crop_size]
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 scaled to [0, 1] and ImageNet-normalised (ToTensor + Normalize)."""
-    return registry.normalize(images, "dinov2_vitb14_reg4")
-
-
 def _prepare(batch: torch.Tensor) -> torch.Tensor:
     """Model inputs of a training batch: uint8 crops are normalised, augmented floats kept."""
     return normalize(batch) if batch.dtype == torch.uint8 else batch.float()
-
-
-def preprocess(images: torch.Tensor, input_size: int, crop_size: int) -> torch.Tensor:
-    """The official test transform of uint8 images: ``resize_crop`` then ``normalize``."""
-    return normalize(resize_crop(images, input_size, crop_size))
 
 
 def few_shot_augment(image: torch.Tensor) -> torch.Tensor:
@@ -610,7 +538,7 @@ class INPFormer:
         images = preprocess(batch.images.to(self.device), config.input_size, config.crop_size)
         height, width = batch.images.shape[-2:]
         scores, crop_maps = self.model.predict(images, map_size=config.map_size, smoothing=config.smoothing, top_fraction=config.top_fraction)
-        maps = _uncrop(crop_maps.float().cpu(), height, width, config.input_size, config.crop_size)
+        maps = uncrop(crop_maps.float().cpu(), height, width, config.input_size, config.crop_size)
         return scores.float().cpu().numpy().astype(np.float32), maps.numpy().astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -626,20 +554,6 @@ class INPFormer:
         model.load_state_dict(state, strict=True)
         self.model = model.to(self.device).eval()
         self._encoder = self.model.encoder
-
-
-def _uncrop(maps: torch.Tensor, height: int, width: int, input_size: int, crop_size: int) -> torch.Tensor:
-    """Place (B, h, w) maps of the centre crop into (B, height, width) input frames; the border
-    outside the crop gets each map's minimum."""
-    top = round((input_size - crop_size) // 2 * height / input_size)
-    left = round((input_size - crop_size) // 2 * width / input_size)
-    crop_h, crop_w = height - 2 * top, width - 2 * left
-    resized = F.interpolate(maps.unsqueeze(1), size=(crop_h, crop_w), mode="bilinear", align_corners=False)[:, 0]
-    if (crop_h, crop_w) == (height, width):
-        return resized
-    out = maps.reshape(maps.shape[0], -1).amin(dim=1).view(-1, 1, 1).expand(-1, height, width).clone()
-    out[:, top : top + crop_h, left : left + crop_w] = resized
-    return out
 
 
 __all__ = [
