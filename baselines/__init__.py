@@ -16,6 +16,7 @@ from baselines.base import Batch, Method
 
 _REGISTRY: dict[str, str] = {
     # name: "module:Class"
+    "dinomaly": "baselines.dinomaly:Dinomaly",
     "gaussian": "baselines.gaussian:GaussianMethod",
     "inpformer": "baselines.inpformer:INPFormer",
     "patchcore": "baselines.patchcore:PatchCore",

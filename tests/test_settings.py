@@ -229,6 +229,8 @@ def test_impossible_combinations_are_refused_before_anything_starts(
 
 
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
+    "dinomaly": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "iterations": 2, "batch_size": 4,
+                 "warmup_iters": 0, "map_size": 56, "device": "cpu"},
     "gaussian": {},
     "inpformer": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "epochs": 2, "batch_size": 4,
                   "warmup_iters": 0, "map_size": 56, "device": "cpu"},
