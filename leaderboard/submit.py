@@ -122,7 +122,7 @@ def submit(
 ) -> Submission:
     """Validate and evaluate ``predictions`` against the sharded dataset ``data`` under
     ``protocol`` and add the rows to ``store``.  ``mask_rule=None``: ``official`` in the compat
-    modes, else ``exact`` (``protocols.base.default_mask_rule``).
+    modes, else ``exact`` (``protocols.fusion.default_mask_rule``).
 
     Raises ``m2ad.predictions.PredictionsError`` for a malformed file, ``ValueError`` for bad
     arguments, and ``leaderboard.store.DuplicateEntryError`` for a file already on the board

@@ -46,7 +46,7 @@ from m2ad.files import jsonable, sha256_file
 from m2ad.predictions import PredictionsFile, validate
 from m2ad.schema import DatasetInfo
 from m2ad.metrics import COMPAT_MAP_DTYPES
-from protocols.base import Evaluator, check_settings, default_mask_rule
+from protocols.fusion import FusionEvaluator, check_settings, default_mask_rule
 
 BATCH_SIZE = 64
 
@@ -81,7 +81,7 @@ def _map_range(handle: PredictionsFile, wanted: Collection[str], row_groups: Seq
     return low, high
 
 
-def _fused_map_range(protocol: protocols.Protocol, test: pl.DataFrame, handle: PredictionsFile, row_of: dict[str, int],
+def _fused_map_range(protocol: protocols.ProtocolSpec, test: pl.DataFrame, handle: PredictionsFile, row_of: dict[str, int],
                      row_groups: Sequence[int] | None, mode: str) -> tuple[float, float]:
     """(min, max) of the maps the protocol's pixel metrics see after fusion (compat needs the
     fused maps' own exact range), in one pass that fuses and keeps nothing else."""
@@ -96,9 +96,9 @@ def _fused_map_range(protocol: protocols.Protocol, test: pl.DataFrame, handle: P
     return probe.evaluated_range()
 
 
-def _value_range(protocol: protocols.Protocol, test: pl.DataFrame, handle: PredictionsFile, row_of: dict[str, int],
+def _value_range(protocol: protocols.ProtocolSpec, test: pl.DataFrame, handle: PredictionsFile, row_of: dict[str, int],
                  row_groups: Sequence[int] | None, mode: str) -> tuple[float, float] | None:
-    """The ``value_range`` to give a category's evaluator (see ``protocols.base``): the range of
+    """The ``value_range`` to give a category's evaluator (see ``protocols.fusion``): the range of
     its image maps, or in the compat modes on fused maps the fused maps' own range."""
     if mode in COMPAT_MAP_DTYPES and protocol.fuses_maps:
         return _fused_map_range(protocol, test, handle, row_of, row_groups, mode)
@@ -106,9 +106,9 @@ def _value_range(protocol: protocols.Protocol, test: pl.DataFrame, handle: Predi
     return (low, low + 1.0) if mode == "streaming" and low == high else (low, high)
 
 
-def evaluate_category(protocol: protocols.Protocol, test: pl.DataFrame, handle: PredictionsFile, reader: m2ad_data.ShardReader, *,
+def evaluate_category(protocol: protocols.ProtocolSpec, test: pl.DataFrame, handle: PredictionsFile, reader: m2ad_data.ShardReader, *,
                       mode: str, mask_rule: str | None, pro_limit: float, with_maps: bool, row_groups: Sequence[int] | None = None,
-                      advance: Callable[[int], None] | None = None) -> Evaluator:
+                      advance: Callable[[int], None] | None = None) -> FusionEvaluator:
     """Feed one category's predictions from an open predictions file to a fresh evaluator and
     return it (call ``compute``, ``counts``, ``breakdown``).  ``test``: the category's test
     samples (``protocol.test_samples``); rows of other ids are skipped; ``row_groups``: the
@@ -151,7 +151,7 @@ def evaluate(protocol: str, data: str | Path, predictions: str | Path, *, mode: 
     check_settings(mode, mask_rule, pro_limit)
     root = Path(data)
     info = DatasetInfo.read(root)
-    info.check_protocol(chosen.name)
+    chosen.check_dataset(info)
     if mask_rule not in info.mask_rules:
         raise ValueError(f"the dataset {root} has no {mask_rule!r} masks (it has {', '.join(info.mask_rules)})")
     manifest = m2ad_data.load_manifest(root)
