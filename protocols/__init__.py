@@ -18,6 +18,7 @@ PROTOCOL_MODULES: dict[str, str] = {
     "invariant": "protocols.invariant",
     "synergy": "protocols.synergy",
     "standard": "protocols.standard",
+    "realiad-sample": "protocols.realiad_sample",
 }
 """Registry name -> module holding its ``SPEC``."""
 
