@@ -27,7 +27,7 @@ from m2ad.predictions import PredictionsError, write
 from m2ad.schema import MANIFEST_FILE
 from m2ad.shard import shard_tree
 from m2ad.synth import generate
-from protocols.evaluate import evaluate
+from protocols.evaluate import evaluate, worst
 
 CATEGORIES = ["Cube", "Ring"]
 SOURCE_SIZE, SIZE = 32, 16
@@ -370,3 +370,85 @@ def test_old_protocols_give_the_numbers_of_their_definition(dataset: dict, proto
     for view, value in expected["view_breakdown"].items():
         found = result["breakdown"]["Ring"]["view"][view]
         assert (found is None) if math.isnan(value) else found == pytest.approx(value, abs=1e-12), view
+
+
+def test_per_image_output_and_the_worst_images(dataset: dict, tmp_path: Path) -> None:
+    """``--per-image`` (CSV or Parquet by extension) has one row per scored image with its score,
+    label, rank in its category, and the fused view and object scores of Synergy, all checked
+    against a brute-force recomputation; ``--worst K`` prints each category's K highest-scored
+    normal and K lowest-scored anomalous images."""
+    path, scores, _ = random_predictions(dataset, tmp_path / "random.parquet", seed=8)
+    records = dataset["records"]
+    runner = CliRunner()
+    frames = {}
+    for suffix in ("csv", "parquet"):
+        target = tmp_path / f"per_image.{suffix}"
+        result = runner.invoke(app, ["evaluate", "--protocol", "synergy", "--data", str(dataset["root"]), "--predictions", str(path),
+                                     "--per-image", str(target), "--worst", "2"])
+        assert result.exit_code == 0, result.output
+        text_columns = {"specimen": pl.String, "view": pl.String, "illumination": pl.String}
+        frames[suffix] = pl.read_csv(target, schema_overrides=text_columns) if suffix == "csv" else pl.read_parquet(target)
+    per_image = frames["parquet"]
+    assert frames["csv"].select("sample_id", "score", "rank", "view_score", "object_score").equals(
+        per_image.select("sample_id", "score", "rank", "view_score", "object_score"))
+    test_ids = [i for i, r in records.items() if r["split"] == "test"]
+    assert sorted(per_image["sample_id"]) == sorted(test_ids)
+    view_scores: dict[tuple, list[float]] = defaultdict(list)
+    object_scores: dict[tuple, list[float]] = defaultdict(list)
+    for i in test_ids:
+        view_scores[records[i]["cls_name"], records[i]["object_name"], records[i]["view"]].append(scores[i])
+        object_scores[records[i]["cls_name"], records[i]["object_name"]].append(scores[i])
+    for row in per_image.iter_rows(named=True):
+        record = records[row["sample_id"]]
+        assert row["category"] == record["cls_name"] and row["label"] == record["image_anomaly"]
+        assert row["score"] == scores[row["sample_id"]]
+        same_category = [scores[i] for i in test_ids if records[i]["cls_name"] == record["cls_name"]]
+        assert row["rank"] == 1 + sum(value > row["score"] for value in same_category)
+        assert row["view_score"] == pytest.approx(np.mean(view_scores[record["cls_name"], record["object_name"], record["view"]]), abs=1e-12)
+        assert row["object_score"] == pytest.approx(np.mean(object_scores[record["cls_name"], record["object_name"]]), abs=1e-12)
+        assert row["object_label"] == record["object_anomaly"]
+    output = " ".join(result.output.split())
+    assert "worst 2 per category" in output
+    chosen = worst(per_image, 2)
+    for category in CATEGORIES:
+        mine = [i for i in test_ids if records[i]["cls_name"] == category]
+        normals = sorted((i for i in mine if records[i]["image_anomaly"] == 0), key=lambda i: (-scores[i], i))[:2]
+        anomalies = sorted((i for i in mine if records[i]["image_anomaly"] == 1), key=lambda i: (scores[i], i))[:2]
+        for kind, expected in (("normal", normals), ("anomalous", anomalies)):
+            picked = chosen.filter((pl.col("category") == category) & (pl.col("kind") == kind))
+            assert picked["sample_id"].to_list() == expected, (category, kind)
+        for sample_id in normals + anomalies:
+            assert f"{scores[sample_id]:.6g}" in output, sample_id
+    for arguments, message in ((["--per-image", str(tmp_path / "x.txt")], "must end in .csv or .parquet"),
+                               (["--per-image", str(tmp_path)], "is a folder"), (["--worst", "0"], "greater than or equal to 1")):
+        failed = runner.invoke(app, ["evaluate", "--protocol", "synergy", "--data", str(dataset["root"]), "--predictions", str(path), *arguments])
+        assert failed.exit_code == 2 and message in failed.output and "Traceback" not in failed.output, failed.output
+
+
+def test_the_result_records_when_what_and_how(dataset: dict, tmp_path: Path) -> None:
+    """The evaluate JSON carries the protocol version, the metric definitions, the date, the
+    data's identity (hashes of dataset.json and the manifest), the command and the environment."""
+    import hashlib
+    import sys
+    from datetime import datetime, timedelta, timezone
+    from importlib import metadata
+
+    path = perfect_predictions(dataset, tmp_path / "perfect.parquet")
+    out = tmp_path / "result.json"
+    cli = CliRunner().invoke(app, ["evaluate", "--protocol", "invariant", "--data", str(dataset["root"]), "--predictions", str(path),
+                                   "--out", str(out), "-c", "Ring"])
+    assert cli.exit_code == 0, cli.output
+    result = json.loads(out.read_text())
+    assert result["protocol_version"] == "1"
+    assert result["metric_definitions"]["image_auroc"] == {"level": "image", "higher_is_better": True, "version": "1", "label": "I-AUROC"}
+    assert set(result["metric_definitions"]) == set(result["mean"])
+    assert abs(datetime.fromisoformat(result["date"]) - datetime.now(timezone.utc)) < timedelta(minutes=5)
+    root = Path(dataset["root"])
+    assert result["data"] == {"path": str(root.resolve()),
+                              "dataset_json_sha256": hashlib.sha256((root / "dataset.json").read_bytes()).hexdigest(),
+                              "manifest_sha256": hashlib.sha256((root / MANIFEST_FILE).read_bytes()).hexdigest()}
+    assert result["command"].startswith(f"m2ad evaluate --protocol invariant --data {root}") and "--categories Ring" in result["command"]
+    environment = result["environment"]
+    assert environment["torch"] == metadata.version("torch") and environment["python"] == sys.version.split()[0]
+    assert environment["m2ad"] == result["m2ad_version"]
+    assert evaluate("invariant", root, path, categories=["Ring"], progress=False)["command"] is None  # the Python API
