@@ -131,7 +131,7 @@ def _command(arguments: dict[str, Any]) -> str:
 
 
 def evaluate(
-    protocol: Annotated[str, typer.Option(help="Protocol: invariant, synergy, standard or realiad-sample (`m2ad evaluate --help`; docs/protocols.md).")],
+    protocol: Annotated[str, typer.Option(help="Protocol: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
     predictions: Annotated[Path, typer.Option(help="Predictions file (Parquet, see docs/predictions.md).")],
     out: Annotated[Path | None, typer.Option(help="Write the full result (per category, mean, breakdown, counts) as JSON here.")] = None,
