@@ -115,7 +115,7 @@ def worst(samples: pl.DataFrame, count: int) -> pl.DataFrame:
     anomalous = samples.filter(pl.col("label") == 1).sort(["category", "score", "sample_id"])
     parts = [part.group_by("category", maintain_order=True).head(count).with_columns(pl.lit(kind).alias("kind"))
              for kind, part in (("normal", normal), ("anomalous", anomalous))]
-    return pl.concat(parts).select("category", "kind", "sample_id", "score", "rank")
+    return pl.concat(parts).sort("category", maintain_order=True).select("category", "kind", "sample_id", "score", "rank")
 
 
 def check_per_sample_path(path: str | Path) -> None:

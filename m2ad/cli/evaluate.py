@@ -114,7 +114,7 @@ def _worst_table(samples: Any, count: int) -> Table:
     rows = worst(samples, count)
     table = Table(title=f"worst {count} per category: normal images scored highest, anomalous images scored lowest (rank 1 = highest score)")
     for name in ("category", "kind", "sample_id", "score", "rank"):
-        table.add_column(name, justify="right" if name in ("score", "rank") else "left")
+        table.add_column(name, justify="right" if name in ("score", "rank") else "left", overflow="fold")
     for row in rows.iter_rows(named=True):
         table.add_row(printable(row["category"]), row["kind"], printable(row["sample_id"]), f"{row['score']:.6g}", str(row["rank"]))
     return table
