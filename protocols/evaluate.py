@@ -241,6 +241,7 @@ def evaluate_predictions(protocol: str, data: str | Path, predictions: str | Pat
     chosen = protocols.get(protocol)
     mask_rule = default_mask_rule(mode) if mask_rule is None else mask_rule
     check_settings(mode, mask_rule, pro_limit)
+    chosen.check_mode(mode, mask_rule)
     root = Path(data)
     info = DatasetInfo.read(root)
     chosen.check_dataset(info)

@@ -175,6 +175,7 @@ class FusionEvaluator:
                  pro_limit: float = 0.3, value_range: tuple[float, float] | None = None):
         mask_rule = default_mask_rule(mode) if mask_rule is None else mask_rule
         check_settings(mode, mask_rule, pro_limit)
+        spec.check_mode(mode, mask_rule)
         missing_columns = [name for name in REQUIRED_COLUMNS if name not in test_samples.columns]
         if missing_columns:
             raise ValueError(f"test_samples lacks the manifest columns {missing_columns}")
@@ -214,7 +215,7 @@ class FusionEvaluator:
             self._deferred = []
 
     def _accumulator(self, value_range: tuple[float, float] | None) -> PixelMetricAccumulator:
-        return PixelMetricAccumulator(self.mode, self.pro_limit, value_range=value_range, regions=self.spec.dense == "pixel")
+        return PixelMetricAccumulator(self.mode, self.pro_limit, value_range=value_range, regions=self.spec.map_kind == "pixel")
 
     # ------------------------------------------------------------------ feeding
 
@@ -474,7 +475,7 @@ class FusionEvaluator:
         if level is None:
             return {}
         if not self.with_maps:
-            values = dict.fromkeys(("pixel_auroc", "pixel_ap", "pixel_f1max", *(("aupro",) if self.spec.dense == "pixel" else ())), math.nan)
+            values = dict.fromkeys(("pixel_auroc", "pixel_ap", "pixel_f1max", *(("aupro",) if self.spec.map_kind == "pixel" else ())), math.nan)
         elif self._deferred is None:
             assert self._pixels is not None
             values = self._pixels.compute()
@@ -487,7 +488,7 @@ class FusionEvaluator:
             pixels.update(maps, [item[1] for item in self._deferred])
             values = pixels.compute()
         prefix = f"{level.name}_" if level.fused else ""
-        return {prefix + key.replace("pixel", self.spec.dense): value for key, value in values.items()}
+        return {prefix + key.replace("pixel", self.spec.map_kind): value for key, value in values.items()}
 
     def compute(self) -> dict[str, float]:
         """All metrics of ``metric_names``, fractions in [0, 1] (NaN where undefined)."""
@@ -498,7 +499,7 @@ class FusionEvaluator:
             values = image_metrics(*self._level_scores_and_labels(level, labels))
             results.update({f"{level.name}_{key.removeprefix('image_')}": value for key, value in values.items()})
         results.update(self._dense_metrics())
-        return results
+        return {name: results[name] for name in self.metric_names}
 
     def counts(self) -> dict[str, int]:
         """How many test samples, and units of each level and label."""

@@ -14,8 +14,11 @@ A :class:`ProtocolSpec` says
   max), the label by ``label`` (the max of the samples' labels, or a manifest column), and, on
   the one level that has pixel metrics, the maps by ``maps`` (mean or max) and the masks by
   their union (max);
-- ``dense``: what the maps are: ``pixel`` (2-D anomaly maps; pixel metrics and AUPRO) or
-  ``point`` (1-D per-point scores of a point cloud; no AUPRO);
+- ``map_kind``: what the maps are: ``pixel`` (2-D anomaly maps; pixel metrics and AUPRO) or
+  ``point`` (1-D per-point scores of a point cloud; no AUPRO), as a predictions file declares;
+- ``metrics``: the derived metric names the protocol reports (None: all of them), e.g. AUROC
+  and AP only, as Real3D-AD's official code;
+- ``modes`` and ``mask_rules``: the metric modes and mask rules that apply (all by default);
 - ``sample_unit``: what one test sample is, for the counts (``image``, or ``object`` for point
   clouds).
 
@@ -37,13 +40,14 @@ from typing import Literal
 
 import polars as pl
 
+from m2ad.metrics import MODES as EVAL_MODES
 from m2ad.metrics import registry as metric_registry
-from m2ad.schema import DatasetInfo
+from m2ad.schema import MASK_RULES, DatasetInfo
 from protocols.fusion import REQUIRED_COLUMNS, FusionEvaluator
 
 Reduce = Literal["mean", "max"]
 REDUCES = ("mean", "max")
-DENSE_KINDS = ("pixel", "point")
+MAP_KINDS = ("pixel", "point")
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,10 @@ def _score_names(level: Level) -> tuple[str, ...]:
     return tuple(f"{level.name}_{metric}" for metric in ("auroc", "ap", "f1max"))
 
 
-def _dense_names(level: Level, dense: str) -> tuple[str, ...]:
+def _dense_names(level: Level, map_kind: str) -> tuple[str, ...]:
     prefix = f"{level.name}_" if level.fused else ""
-    names = tuple(f"{prefix}{dense}_{metric}" for metric in ("auroc", "ap", "f1max"))
-    return names + ((f"{prefix}aupro",) if dense == "pixel" else ())
+    names = tuple(f"{prefix}{map_kind}_{metric}" for metric in ("auroc", "ap", "f1max"))
+    return names + ((f"{prefix}aupro",) if map_kind == "pixel" else ())
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,11 @@ class ProtocolSpec:
     levels: tuple[Level, ...]
     requires: Requirements = Requirements()
     test_filter: pl.Expr | None = field(default=None, compare=False)
-    dense: Literal["pixel", "point"] = "pixel"
+    map_kind: Literal["pixel", "point"] = "pixel"
     sample_unit: str = "image"
+    metrics: tuple[str, ...] | None = None
+    modes: tuple[str, ...] = EVAL_MODES
+    mask_rules: tuple[str, ...] = MASK_RULES
 
     def __post_init__(self) -> None:
         problems = []
@@ -113,8 +120,12 @@ class ProtocolSpec:
             problems.append("more than one level has pixel metrics")
         if sum(bool(level.breakdown) for level in self.levels) > 1:
             problems.append("more than one level has a breakdown")
-        if self.dense not in DENSE_KINDS:
-            problems.append(f"dense must be one of {DENSE_KINDS}")
+        if self.map_kind not in MAP_KINDS:
+            problems.append(f"map_kind must be one of {MAP_KINDS}")
+        if self.metrics is not None and not set(self.metrics) <= set(self._derived_names()):
+            problems.append(f"metrics {sorted(set(self.metrics) - set(self._derived_names()))} are not among its levels' metrics")
+        if not set(self.modes) <= set(EVAL_MODES) or not set(self.mask_rules) <= set(MASK_RULES) or not self.modes or not self.mask_rules:
+            problems.append(f"modes must be among {EVAL_MODES} and mask rules among {MASK_RULES}")
         for level in self.levels:
             if level.score not in REDUCES or (level.maps is not None and level.maps not in REDUCES):
                 problems.append(f"level {level.name!r} reduces by something other than {' or '.join(REDUCES)}")
@@ -128,12 +139,24 @@ class ProtocolSpec:
         if problems:
             raise ValueError(f"protocol {self.name!r}: {'; '.join(problems)}")
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """Every metric ``compute`` returns, in order: each level's, then the pixel metrics."""
+    def _derived_names(self) -> tuple[str, ...]:
         names = tuple(name for level in self.levels for name in _score_names(level))
         dense = self.dense_level
-        return names + (_dense_names(dense, self.dense) if dense is not None else ())
+        return names + (_dense_names(dense, self.map_kind) if dense is not None else ())
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric ``compute`` returns, in order: each level's, then the pixel (or point)
+        metrics; only those of ``metrics`` when it is given."""
+        names = self._derived_names()
+        return names if self.metrics is None else tuple(name for name in names if name in self.metrics)
+
+    def check_mode(self, mode: str, mask_rule: str) -> None:
+        """Refuse, with one line, a metric mode or mask rule that does not apply to this protocol."""
+        if mode not in self.modes:
+            raise ValueError(f"protocol {self.name!r} evaluates in the {', '.join(self.modes)} mode(s), not {mode!r}")
+        if mask_rule not in self.mask_rules:
+            raise ValueError(f"protocol {self.name!r} takes the {', '.join(self.mask_rules)} mask rule(s), not {mask_rule!r}")
 
     @property
     def dense_level(self) -> Level | None:

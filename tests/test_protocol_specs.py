@@ -334,10 +334,12 @@ def test_realiad_sample_on_an_all_normal_category_is_undefined() -> None:
 
 def test_a_protocol_of_point_clouds_is_one_spec() -> None:
     """What a 3-D protocol looks like: each test sample an object, its per-point scores the
-    'maps', scored with the point metrics (no AUPRO); no evaluator code is added."""
-    spec = ProtocolSpec("points-demo", "1", "objects and their points", levels=(Level("object", maps="mean"),), dense="point",
-                        sample_unit="object", requires=Requirements(modalities=("points",)))
-    assert spec.metric_names == ("object_auroc", "object_ap", "object_f1max", "point_auroc", "point_ap", "point_f1max")
+    'maps', scored with the point metrics (no AUPRO), AUROC and AP only, exact and streaming
+    modes and stored labels only; no evaluator code is added."""
+    spec = ProtocolSpec("points-demo", "1", "objects and their points", levels=(Level("object", maps="mean"),), map_kind="point",
+                        sample_unit="cloud", requires=Requirements(modalities=("points",)),
+                        metrics=("object_auroc", "object_ap", "point_auroc", "point_ap"), modes=("exact", "streaming"), mask_rules=("exact",))
+    assert spec.metric_names == ("object_auroc", "object_ap", "point_auroc", "point_ap")
     test = mvtec_manifest(seed=2).filter(pl.col("split") == "test")
     rng = np.random.default_rng(0)
     scores, points, labels = {}, {}, {}
@@ -350,11 +352,19 @@ def test_a_protocol_of_point_clouds_is_one_spec() -> None:
     evaluator = spec.new_evaluator(test)
     feed(evaluator, test["sample_id"].to_list()[::-1], scores, points, labels, batch=4)
     values = evaluator.compute()
+    assert list(values) == list(spec.metric_names)
     ids = test["sample_id"].to_list()
     expected = point_metrics([points[i] for i in ids], [labels[i] for i in ids])
-    assert {key: values[key] for key in expected} == pytest.approx(expected, abs=1e-12)
+    assert values["point_auroc"] == pytest.approx(expected["point_auroc"], abs=1e-12)
+    assert values["point_ap"] == pytest.approx(expected["point_ap"], abs=1e-12)
     assert values["object_auroc"] == pytest.approx(roc_auc_score(test["label"].to_list(), [scores[i] for i in ids]))
-    assert evaluator.counts()["objects"] == len(ids)
+    assert evaluator.counts()["clouds"] == len(ids) and evaluator.counts()["objects"] == len(ids)
     info = DatasetInfo(dataset="mvtec-ad", resolution=16, categories=[], **dataset_registry.get("mvtec-ad").info_fields([]))
     with pytest.raises(ValueError, match="needs the modality 'points'"):
         spec.check_dataset(info)
+    with pytest.raises(ValueError, match=r"^protocol 'points-demo' evaluates in the exact, streaming mode\(s\), not 'compat'$"):
+        spec.new_evaluator(test, mode="compat")
+    with pytest.raises(ValueError, match="takes the exact mask rule"):
+        spec.new_evaluator(test, mask_rule="official")
+    with pytest.raises(ValueError, match="not among its levels' metrics"):
+        ProtocolSpec("x", "1", "", levels=(Level("object"),), metrics=("point_auroc",))
