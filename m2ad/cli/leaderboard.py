@@ -56,7 +56,7 @@ def _read_rows(store: Path | None) -> pl.DataFrame:
 
 def submit(
     predictions: Annotated[Path, typer.Argument(help="Predictions file (Parquet, see docs/predictions.md).")],
-    protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy or standard.")],
+    protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
     method: Annotated[str, typer.Option(help="Method name shown on the leaderboard.")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
     citation: Annotated[str | None, typer.Option(help="Paper or code URL (or a citation) for the method.")] = None,
@@ -120,7 +120,7 @@ def submit(
 
 @app.command("show")
 def show(
-    protocol: Annotated[str | None, typer.Option(help="Only this protocol (invariant, synergy, standard).")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Only this protocol (invariant, synergy, realiad-sample, standard).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. m2ad, m2ad-synth).")] = None,
     resolution: Annotated[str | None, typer.Option(help="Only this resolution (e.g. 256, 512).")] = None,
     metric: Annotated[
