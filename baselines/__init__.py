@@ -17,7 +17,9 @@ from baselines.base import Batch, Method
 _REGISTRY: dict[str, str] = {
     # name: "module:Class"
     "gaussian": "baselines.gaussian:GaussianMethod",
+    "grnr": "baselines.grnr:GRNR",
     "inpformer": "baselines.inpformer:INPFormer",
+    "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
     "patchcore": "baselines.patchcore:PatchCore",
     "random": "baselines.random:RandomMethod",
 }

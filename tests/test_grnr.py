@@ -139,3 +139,11 @@ def test_a_zero_shot_run_needs_no_fit_and_beats_chance(tmp_path: Path) -> None:
     assert values[("grnr", "pixel_auroc")] > values[("random", "pixel_auroc")] + 0.1
     header = predictions.read(result.run_dir / "cells" / "grnr__Cube__seed0" / "predictions.parquet").info().metadata
     assert header["reimplemented_from"] == GRNR.card.reimplemented_from
+
+
+def test_the_leaderboard_note_marks_a_reimplementation() -> None:
+    from leaderboard.submit import _with_reimplementation
+
+    assert _with_reimplementation(None, None) is None and _with_reimplementation("mine", None) == "mine"
+    assert _with_reimplementation(None, "arXiv 1") == "re-implementation from arXiv 1, no official code"
+    assert _with_reimplementation("mine", "arXiv 1") == "re-implementation from arXiv 1, no official code; mine"
