@@ -154,7 +154,7 @@ def submit(
         "date": datetime.now(timezone.utc),
         "submitter": submitter,
         "citation": citation,
-        "note": note,
+        "note": _with_reimplementation(note, declared.get("reimplemented_from")),
     }
     rows = result_rows(result, provenance)
     replaced = store.add_entry(to_table(rows), replace=replace)
@@ -173,6 +173,15 @@ def _setting(declared: dict[str, Any], **given: Any) -> dict[str, Any]:
     if columns["setting"] is not None and columns["setting"] not in SETTINGS:
         raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, not {columns['setting']!r}")
     return columns
+
+
+def _with_reimplementation(note: str | None, source: Any) -> str | None:
+    """The entry's note, prefixed with "re-implementation from <paper>" when the predictions
+    header declares that the method was re-implemented from a paper (``MethodCard.reimplemented_from``)."""
+    if not source:
+        return note
+    marker = f"re-implementation from {source}, no official code"
+    return marker if not note else f"{marker}; {note}"
 
 
 def _text(value: Any) -> str | None:
