@@ -148,6 +148,15 @@ class Method(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+def fill_from_preset(config: Any, presets: dict[str, dict[str, Any]]) -> None:
+    """Set every field of ``config`` left at ``None`` to its preset's value (``config.preset``)."""
+    if config.preset not in presets:
+        raise ValueError(f"unknown preset {config.preset!r}; choose from {', '.join(presets)}")
+    for key, value in presets[config.preset].items():
+        if getattr(config, key) is None:
+            setattr(config, key, value)
+
+
 def image_score_from_map(maps: torch.Tensor, top_fraction: float) -> torch.Tensor:
     """Image scores (B,) from anomaly maps (B, H, W): the mean of the top ``top_fraction`` of
     each map's pixels (at least one pixel), or the maximum when ``top_fraction`` is 0.

@@ -40,7 +40,7 @@ from torch import nn
 
 from baselines.backbones import registry
 from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, Mlp, ViTConfig, infer_vit_config
-from baselines.base import Batch, MethodCard, Setting
+from baselines.base import Batch, MethodCard, Setting, fill_from_preset
 from baselines.reconstruction import anomaly_map, default_target_layers, m2ad_discrepancy_map, normalize, preprocess, resize_crop, smooth, top_mean, uncrop
 from baselines.training import Recipe, autocast, train_head
 
@@ -352,11 +352,7 @@ class DinomalyConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        for key, value in PRESETS[self.preset].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        fill_from_preset(self, PRESETS)
         if self.encoder not in (*VIT_PRESETS, "tiny"):
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from {', '.join([*VIT_PRESETS, 'tiny'])}")
         if self.head_init not in ("trunc-normal", "pytorch"):
@@ -398,14 +394,12 @@ class Dinomaly:
     @property
     def backbone(self) -> str:
         """The backbone registry name of the configured encoder."""
-        return "dinov2_tiny" if self.config.encoder == "tiny" else f"dinov2_{self.config.encoder}_reg4"
+        return registry.dinov2_name(self.config.encoder)
 
     def encoder(self) -> DinoVisionTransformer:
         """The frozen DINOv2 encoder, loaded (strictly) on first use from ``encoder_weights``."""
         if self._encoder is None:
-            if self.config.encoder == "tiny" and self.config.encoder_weights == "auto":
-                raise ValueError("encoder=tiny has no pretrained weights; use encoder_weights=random")
-            self._encoder = registry.load_backbone(self.backbone, self.config.encoder_weights).to(self.device)
+            self._encoder = registry.load_dinov2(self.config.encoder, self.config.encoder_weights).to(self.device)
         return self._encoder
 
     def new_model(self) -> DinomalyModel:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from baselines.backbones import registry
-from baselines.base import Batch, MethodCard, Setting, image_score_from_map
+from baselines.base import Batch, MethodCard, Setting, fill_from_preset, image_score_from_map
 from baselines.patchcore import BACKBONES, choose_backbone
 
 DEFAULT_LAYERS = {"wide_resnet50_2": ("layer2", "layer3"), "efficientnet_lite0": ("stride8", "stride16")}
@@ -92,11 +92,7 @@ class GRNRConfig:
     """Seed of the demo's jitter (drawn once, the same for every image, as the demo does)."""
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        for key, value in PRESETS[self.preset].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        fill_from_preset(self, PRESETS)
         if self.backbone not in ("auto", *BACKBONES):
             raise ValueError(f"backbone must be 'auto' or one of {BACKBONES}, got {self.backbone!r}")
         if self.global_selection not in ("typical", "first"):

@@ -112,6 +112,18 @@ def load_backbone(name: str, weights: str = "auto") -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+def dinov2_name(encoder: str) -> str:
+    """The registry name of a reconstruction method's ``encoder`` setting (``tiny``, ``small``, ``base``, ...)."""
+    return "dinov2_tiny" if encoder == "tiny" else f"dinov2_{encoder}_reg4"
+
+
+def load_dinov2(encoder: str, weights: str) -> nn.Module:
+    """The frozen DINOv2 encoder of a reconstruction method's ``encoder``/``encoder_weights`` settings."""
+    if encoder == "tiny" and weights == "auto":
+        raise ValueError("encoder=tiny has no pretrained weights; use encoder_weights=random")
+    return load_backbone(dinov2_name(encoder), weights)
+
+
 def _read_state(source: str) -> dict[str, torch.Tensor]:
     """A state dict from a weights-registry name or a file path, without pickle."""
     if source in weights_registry.REGISTRY:
@@ -143,4 +155,4 @@ def tap(backbone: nn.Module, images: torch.Tensor, layers: Sequence[int] | Seque
     return [outputs[layer] for layer in layers]
 
 
-__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "TINY_VIT", "BackboneSpec", "load_backbone", "normalize", "spec", "tap"]
+__all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "TINY_VIT", "BackboneSpec", "dinov2_name", "load_backbone", "load_dinov2", "normalize", "spec", "tap"]
