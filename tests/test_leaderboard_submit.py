@@ -152,7 +152,7 @@ def test_bad_arguments_are_clear_errors(shards: Path, prediction_file: Path, tmp
     unknown = runner.invoke(app, submit_args(prediction_file, shards, store, protocol="nonsense"))
     assert unknown.exit_code == 1 and "unknown protocol" in said(unknown)
     missing = runner.invoke(app, submit_args(tmp_path / "absent.parquet", shards, store))
-    assert missing.exit_code == 1 and "no such predictions file" in said(missing)
+    assert missing.exit_code == 2 and "no such predictions file" in said(missing)
     no_data = runner.invoke(app, submit_args(prediction_file, tmp_path, store))
     assert no_data.exit_code == 1 and "not a sharded m2ad dataset" in said(no_data)
     assert Store(store).read().is_empty()

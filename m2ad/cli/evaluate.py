@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from m2ad.cli._common import console, fail, split_names
+from m2ad.cli._common import PredictionsArgument, PredictionsOption, console, fail, predictions_path, split_names
 from m2ad.text import printable
 
 
@@ -103,7 +103,8 @@ def _write_json(path: Path, result: dict[str, Any]) -> None:
 def evaluate(
     protocol: Annotated[str, typer.Option(help="Protocol: invariant, synergy or standard.")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
-    predictions: Annotated[Path, typer.Option(help="Predictions file (Parquet, see docs/predictions.md).")],
+    predictions_file: PredictionsArgument = None,
+    predictions: PredictionsOption = None,
     out: Annotated[Path | None, typer.Option(help="Write the full result (per category, mean, breakdown, counts) as JSON here.")] = None,
     mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming (bounded memory), compat (the official M2AD evaluation, on the float64 maps of its CDO/RD++/Dinomaly/INP-Former trainers) or compat-float32 (on the float32 maps of its MSFlow trainer).")] = "exact",
     mask_rule: Annotated[str | None, typer.Option(help="GT masks: exact (no defect vanishes when resized) or official (eroded, labels recomputed from the masks, as the official M2AD evaluator). Default: official in the compat modes, else exact.")] = None,
@@ -114,6 +115,7 @@ def evaluate(
     from protocols import available
     from protocols.evaluate import evaluate as run_evaluation
 
+    predictions = predictions_path(predictions_file, predictions, "evaluate")
     if protocol not in available():
         fail(f"unknown protocol {protocol!r}; available: {', '.join(available())}")
     chosen = split_names(categories)

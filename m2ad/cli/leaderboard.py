@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from m2ad.cli._common import console, fail
+from m2ad.cli._common import PredictionsArgument, PredictionsOption, console, fail, predictions_path
 
 if TYPE_CHECKING:  # imported lazily at run time, to keep `m2ad --help` fast
     import polars as pl
@@ -55,10 +55,11 @@ def _read_rows(store: Path | None) -> pl.DataFrame:
 
 
 def submit(
-    predictions: Annotated[Path, typer.Argument(help="Predictions file (Parquet, see docs/predictions.md).")],
     protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy or standard.")],
     method: Annotated[str, typer.Option(help="Method name shown on the leaderboard.")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
+    predictions_file: PredictionsArgument = None,
+    predictions: PredictionsOption = None,
     citation: Annotated[str | None, typer.Option(help="Paper or code URL (or a citation) for the method.")] = None,
     submitter: Annotated[str | None, typer.Option(help="Who submits (name or handle).")] = None,
     variant: Annotated[str | None, typer.Option(help="Preset or variant of the method, e.g. 'wrn50-layer2+3'.")] = None,
@@ -85,8 +86,7 @@ def submit(
     from leaderboard.store import StoreError
     from leaderboard.submit import submit as submit_predictions
 
-    if not predictions.is_file():
-        fail(f"{predictions}: no such predictions file")
+    predictions = predictions_path(predictions_file, predictions, "submit")
     board = _open_store(store)  # before the evaluation: a bad --store fails at once
     try:
         submission = submit_predictions(

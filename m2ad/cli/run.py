@@ -102,9 +102,11 @@ def run(
     except (RunError, ValueError) as error:
         fail(str(error), code=2)
     _print_tables(result.summary)
+    console.print(f"data: {result.data}", highlight=False, soft_wrap=True)
     console.print(
         f"run folder: {result.run_dir}  ({len(result.fits_computed)} fits trained, {len(result.fits_reused)} reused; "
-        f"{len(result.computed)} cells computed, {len(result.skipped)} reused from an earlier run)"
+        f"{len(result.computed)} cells computed, {len(result.skipped)} reused from an earlier run)",
+        highlight=False, soft_wrap=True,
     )
     failed = [record for record in result.cells if record["status"] != "ok"]
     if failed:

@@ -79,8 +79,8 @@ log = logging.getLogger("m2ad.run")
 
 @dataclass
 class RunResult:
-    """What a run produced.  ``failed`` lists the cells that failed every attempt; ``fits``
-    the records of the fits its cells used, ``fits_computed`` those this run trained."""
+    """What a run produced.  ``run_dir`` is absolute; ``failed`` lists the cells that failed every
+    attempt; ``fits`` the records of the fits its cells used, ``fits_computed`` those this run trained."""
 
     run_dir: Path
     summary: dict[str, Any]
@@ -91,6 +91,8 @@ class RunResult:
     fits: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     fits_computed: list[str] = dataclasses.field(default_factory=list)
     fits_reused: list[str] = dataclasses.field(default_factory=list)
+    data: Path | None = None
+    """The (absolute) sharded dataset the run tested on."""
 
     @property
     def ok(self) -> bool:
@@ -105,12 +107,12 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     :class:`RunError` then leaves no folder and starts no task."""
     check_config(config)
     method_configs = {name: resolved_method_config(name, config.method_args.get(name, {})) for name in config.methods}
-    data = Path(config.data) if config.data is not None else _embedded_dataset(progress)
+    data = Path(config.data).absolute() if config.data is not None else _embedded_dataset(progress)
     check_data(data)
     if config.train_data is not None:
         check_data(Path(config.train_data), "--train-data")
     identity = data_identity(data)
-    run_dir = Path(config.out) if config.out is not None else default_run_dir(config, identity)
+    run_dir = (Path(config.out) if config.out is not None else default_run_dir(config, identity)).absolute()
     threads = max(1, int(config.cpus_per_task)) if config.executor == "ray" else None
     plan = build_plan(config, data, identity, run_dir, method_configs, threads)
     lock = _lock_run_dir(run_dir)
@@ -176,6 +178,7 @@ def _run_plan(config: RunConfig, plan: Plan, run_dir: Path, progress: bool) -> R
         fits=fits,
         fits_computed=[fit.fit_id for fit in fits_todo],
         fits_reused=[fit_id for fit_id in finished_fits if fit_id in needed],
+        data=plan.data,
     )
 
 
