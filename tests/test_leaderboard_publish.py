@@ -121,5 +121,6 @@ def test_bad_repo_and_empty_store_are_refused(tmp_path: Path) -> None:
     runner = CliRunner()
     bad = runner.invoke(app, ["leaderboard", "publish", "--repo", "../etc", "--dry-run", "--store", str(tmp_path)])
     assert bad.exit_code == 1 and "ORG/NAME" in " ".join(bad.output.split())
-    empty = runner.invoke(app, ["leaderboard", "publish", "--repo", "a/b", "--dry-run", "--store", str(tmp_path / "none")])
+    (tmp_path / "emptied" / "data").mkdir(parents=True)  # a store whose every entry was removed (a new one has the paper rows)
+    empty = runner.invoke(app, ["leaderboard", "publish", "--repo", "a/b", "--dry-run", "--store", str(tmp_path / "emptied")])
     assert empty.exit_code == 1 and "empty" in " ".join(empty.output.split())

@@ -44,14 +44,26 @@ def _open_store(store: Path | None) -> Store:
 
 
 def _read_rows(store: Path | None) -> pl.DataFrame:
-    """Every row of the store, or a clear error when the store is malformed."""
+    """Every row of the store (a new store first gets the paper rows), or a clear error when the
+    store is malformed."""
     from leaderboard.store import StoreError
 
     board = _open_store(store)
     try:
+        _seed_if_new(board)
         return board.read()
     except StoreError as error:
         fail(str(error))
+
+
+def _seed_if_new(board: Store) -> None:
+    """The published M2AD tables in a store that was never written (``leaderboard.paper.seed_if_new``)."""
+    from leaderboard.paper import seed_if_new
+
+    try:
+        seed_if_new(board)
+    except OSError as error:
+        fail(f"cannot write the paper rows into the new leaderboard store {board.root}: {error.strerror or error}", code=2)
 
 
 def submit(
@@ -88,6 +100,7 @@ def submit(
 
     predictions = predictions_path(predictions_file, predictions, "submit")
     board = _open_store(store)  # before the evaluation: a bad --store fails at once
+    new_store = not board.exists()
     try:
         submission = submit_predictions(
             predictions,
@@ -112,6 +125,10 @@ def submit(
         fail(f"invalid predictions file: {error}")
     except (StoreError, ValueError, FileNotFoundError) as error:
         fail(str(error))
+    if new_store:  # the first write of this store: it comes with the published tables too
+        from leaderboard.paper import seed
+
+        seed(board)
     mean = submission.result.get("mean") or {}
     summary = ", ".join(f"{name} {100 * value:.1f}" for name, value in mean.items() if value is not None)
     verb = "replaced " + ", ".join(submission.replaced) + " with" if submission.replaced else "added"
@@ -165,7 +182,7 @@ def show(
     elif format == "json":
         typer.echo(aggregate.to_json(summary))
     elif summary.is_empty():
-        console.print("No leaderboard rows match. Add some with `m2ad submit` or `m2ad leaderboard seed-paper`.")
+        console.print("No leaderboard rows match. Add some with `m2ad submit` (`m2ad leaderboard seed-paper` restores the paper rows).")
     else:
         _print_rich_tables(summary)
 
@@ -260,7 +277,8 @@ def publish(
 
 @app.command("seed-paper")
 def seed_paper(store: StoreOption = None) -> None:
-    """Add (or refresh) the published M2AD-Synergy tables at 256 and 512 as source=paper rows."""
+    """Add (or refresh) the published M2AD-Synergy tables at 256 and 512 as source=paper rows (a new
+    store gets them by itself: this restores them after a removal, or updates them)."""
     from leaderboard.paper import seed
 
     count = seed(_open_store(store))
