@@ -153,7 +153,7 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.fail("headless Chromium is required for the rendered-page test: install Debian's `chromium` (.ci/run does)")
+    pytest.fail("headless Chromium is required for the rendered-page test: `make test` installs Debian's `chromium` (tools/ensure-chromium)")
 
 
 def _chromium_run(site: Path, profile: Path, *args: str, fragment: str = "") -> subprocess.CompletedProcess:
