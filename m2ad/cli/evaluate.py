@@ -128,6 +128,10 @@ def evaluate(
                                 pro_limit=pro_limit, progress=True)
     except (ValueError, FileNotFoundError) as error:  # PredictionsError is a ValueError listing the offenders
         fail(str(error))
+    except KeyboardInterrupt:
+        kept = f"{out} was not written (it is written only at the end)" if out is not None else "nothing was written"
+        fail(f"interrupted: {kept}, and an evaluation keeps no partial results; run the same command again to evaluate "
+             f"{predictions} from the start", code=130)
     console.print(_results_table(result))
     for table in (_breakdown_table(result, "view"), _breakdown_table(result, "illumination"), _grid_table(result)):
         if table is not None:

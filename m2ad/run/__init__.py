@@ -124,8 +124,24 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     try:
         _wait_for_leftover_tasks(run_dir)
         return _run_plan(config, plan, run_dir, progress)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, plan) from None
     finally:
         lock.release()
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: what it keeps (every finished fit and cell, reused by a rerun of the
+    same command), counted from the run folder."""
+
+    def __init__(self, run_dir: Path, plan: Plan) -> None:
+        self.run_dir = run_dir
+        self.cells_kept = sum(finished_cell(cell) is not None for cell in plan.cells)
+        self.cells = len(plan.cells)
+        self.fits_kept = sum(finished_fit(fit.unit_dir, fit.fit_hash) is not None for fit in plan.fits)
+        self.fits = len(plan.fits)
+        super().__init__(f"interrupted: {self.cells_kept} of {self.cells} cells and {self.fits_kept} of {self.fits} fits are "
+                         f"finished in {run_dir}")
 
 
 def _wait_for_leftover_tasks(run_dir: Path) -> None:
@@ -222,4 +238,4 @@ def _embedded_dataset(progress: bool) -> Path:
     return ensure_default_dataset(progress=progress)
 
 
-__all__ = ["RunConfig", "RunError", "RunLockedError", "RunResult", "check_ray_address", "predict_with_fit", "run"]
+__all__ = ["RunConfig", "RunError", "RunInterrupted", "RunLockedError", "RunResult", "check_ray_address", "predict_with_fit", "run"]
