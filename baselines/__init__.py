@@ -16,8 +16,11 @@ from baselines.base import Batch, Method
 
 _REGISTRY: dict[str, str] = {
     # name: "module:Class"
+    "dinomaly": "baselines.dinomaly:Dinomaly",
     "gaussian": "baselines.gaussian:GaussianMethod",
+    "grnr": "baselines.grnr:GRNR",
     "inpformer": "baselines.inpformer:INPFormer",
+    "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
     "patchcore": "baselines.patchcore:PatchCore",
     "random": "baselines.random:RandomMethod",
 }

@@ -48,6 +48,10 @@ class MethodCard:
     splits a group."""
     weights: tuple[str, ...] = ()
     """Names in ``baselines.weights.REGISTRY`` that the method may load."""
+    reimplemented_from: str | None = None
+    """Set for a re-implementation from a paper without usable official code: the paper (and
+    what else it follows); the runner writes it into every predictions header and the
+    leaderboard notes it.  ``None``: this project's own method or a reproduction of public code."""
 
     def __post_init__(self) -> None:
         for name, values, allowed in (("inputs", self.inputs, INPUTS), ("outputs", self.outputs, OUTPUTS),

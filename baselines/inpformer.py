@@ -30,7 +30,6 @@ and the softmax attentions use SDPA; on CPU everything is float32.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -40,33 +39,22 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
-from baselines import weights
+from baselines.backbones import registry
 from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, Mlp, ViTConfig, infer_vit_config, softmax_attention
+from baselines.backbones.registry import TINY_VIT
 from baselines.base import Batch, MethodCard, Setting
+from baselines.reconstruction import anomaly_map, default_target_layers, normalize, preprocess, resize_crop, smooth, top_mean, uncrop
+from baselines.training import Recipe, StableAdamW, autocast, train_head, warm_cosine_lr
 
-logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_NORM_EPS = 1e-8
 COHERENCE_WEIGHT = 0.2
 SOFT_MINING_GAMMA = 3.0
 
-TINY_ENCODER = ViTConfig(embed_dim=40, depth=4, num_heads=4, patch_size=14, num_register_tokens=4, pos_grid=4)
+TINY_ENCODER = TINY_VIT
 """A 40-wide, 4-head, 4-block encoder for smoke tests with random weights (``encoder=tiny``)."""
-
-
-def default_target_layers(depth: int) -> tuple[int, ...]:
-    """Encoder blocks INP-Former taps: 2-9 for 12 blocks (ViT-S/B), 4, 6, ..., 18 for 24 (ViT-L);
-    for other depths every block (an even count) or every block but the first (odd depths)."""
-    if depth == 12:
-        return tuple(range(2, 10))
-    if depth == 24:
-        return tuple(range(4, 19, 2))
-    return tuple(range(depth % 2, depth))
 
 
 @dataclass(frozen=True)
@@ -262,7 +250,7 @@ class INPFormerModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with _autocast(images.device, self.mixed_precision):
+            with autocast(images.device, self.mixed_precision):
                 output = self(images)
         finally:
             self.train(was_training)
@@ -300,53 +288,6 @@ def soft_mining_loss(encoder: list[torch.Tensor], decoder: list[torch.Tensor], g
         if output.requires_grad:
             output.register_hook(lambda grad, factor=factor: grad * factor)
     return total / len(encoder)
-
-
-def anomaly_map(encoder: list[torch.Tensor], decoder: list[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Official ``cal_anomaly_maps``: per group 1 - cosine over channels, bilinear
-    (``align_corners=True``) to ``size``, mean over groups -> (B, 1, H, W) float32."""
-    maps = []
-    for target, output in zip(encoder, decoder, strict=True):
-        distance = 1.0 - F.cosine_similarity(target.float(), output.float(), dim=1)
-        maps.append(F.interpolate(distance.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=True))
-    return torch.cat(maps, dim=1).mean(dim=1, keepdim=True)
-
-
-def official_gaussian_kernel(size: int = 5, sigma: float = 4.0) -> torch.Tensor:
-    """The official ``get_gaussian_kernel``: a normalised ``size`` x ``size`` Gaussian (1, 1, k, k)."""
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2.0
-    grid = coords[None, :] ** 2 + coords[:, None] ** 2
-    kernel = torch.exp(-grid / (2.0 * sigma**2))
-    return (kernel / kernel.sum()).view(1, 1, size, size)
-
-
-def smooth(maps: torch.Tensor, method: str = "official") -> torch.Tensor:
-    """Smooth (B, 1, H, W) maps: ``official`` 5 x 5 sigma-4 Gaussian with zero padding,
-    ``scipy`` ``ndimage.gaussian_filter(sigma=4)`` per map (M2AD code), or ``none``."""
-    if method == "official":
-        kernel = official_gaussian_kernel().to(maps.device, maps.dtype)
-        return F.conv2d(maps, kernel, padding=kernel.shape[-1] // 2)
-    if method == "scipy":
-        smoothed = np.stack([ndimage.gaussian_filter(item, sigma=4) for item in maps[:, 0].cpu().numpy()])
-        return torch.from_numpy(smoothed).unsqueeze(1).to(maps.device)
-    if method == "none":
-        return maps
-    raise ValueError(f"unknown smoothing {method!r}; expected official, scipy or none")
-
-
-def top_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Official image score: mean of the top ``int(pixels * fraction)`` values of each map; the
-    maximum when that count is 0."""
-    flat = maps.reshape(maps.shape[0], -1)
-    count = int(flat.shape[1] * fraction)
-    if count == 0:
-        return flat.amax(dim=1)
-    return flat.topk(count, dim=1).values.mean(dim=1)
-
-
-def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
-    """bf16 autocast on CUDA when ``enabled``, a disabled context elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def infer_arch(state_dict: dict[str, torch.Tensor], target_layers: tuple[int, ...] | None = None) -> INPFormerArch:
@@ -389,61 +330,6 @@ def load_official(state_dict_or_path: dict[str, torch.Tensor] | str | Path, targ
     model = INPFormerModel(infer_arch(state_dict, target_layers))
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
-
-
-class StableAdamW(torch.optim.Optimizer):
-    """AdamW with an update-RMS clip, as the official ``optimizers/StableAdamW.py``.
-
-    Weight decay is decoupled (``p *= 1 - lr * wd``); with ``amsgrad`` the running maximum of the
-    second moment normalises the step; the step size is divided by max(1, RMS(grad / denom) /
-    ``clip_threshold``).
-    """
-
-    def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, clip_threshold: float = 1.0) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad, "clip_threshold": clip_threshold})
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # noqa: D102 (documented on the class)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                param.mul_(1 - group["lr"] * group["weight_decay"])
-                grad = param.grad
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
-                    if group["amsgrad"]:
-                        state["max_exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
-                correction1 = 1 - beta1 ** state["step"]
-                correction2 = 1 - beta2 ** state["step"]
-                state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                second = state["exp_avg_sq"]
-                if group["amsgrad"]:
-                    torch.maximum(state["max_exp_avg_sq"], second, out=state["max_exp_avg_sq"])
-                    second = state["max_exp_avg_sq"]
-                denom = (second.sqrt() / math.sqrt(correction2)).add_(group["eps"])
-                ratio = grad / denom
-                rms = float(ratio.norm(2) / ratio.numel() ** 0.5)
-                step_size = group["lr"] / correction1 / max(1.0, rms / group["clip_threshold"])
-                param.addcdiv_(state["exp_avg"], denom, value=-step_size)
-
-
-def warm_cosine_lr(iteration: int, base: float, final: float, total: int, warmup: int) -> float:
-    """Official ``WarmCosineScheduler`` learning rate at ``iteration`` (0-based): linear from 0 to
-    ``base`` over ``warmup`` iterations (``np.linspace``), cosine to ``final`` at ``total``,
-    ``final`` afterwards."""
-    if iteration >= total:
-        return final
-    if iteration < warmup:
-        return float(np.linspace(0.0, base, warmup)[iteration])
-    span = total - warmup
-    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * (iteration - warmup) / span))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -519,26 +405,9 @@ class INPFormerConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
-def resize_crop(images: torch.Tensor, input_size: int, crop_size: int) -> torch.Tensor:
-    """Official geometry of uint8 (B, 3, H, W): resize to ``input_size`` square (bilinear,
-    antialiased, rounded to uint8 as PIL does), then centre-crop ``crop_size``; stays uint8."""
-    if images.shape[-2:] != (input_size, input_size):
-        resized = F.interpolate(images.float(), size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
-        images = resized.round_().clamp_(0, 255).to(torch.uint8)
-    offset = (input_size - crop_size) // 2
-    return images[..., offset : offset + crop_size, offset : offset + crop_size]
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 scaled to [0, 1] and ImageNet-normalised (ToTensor + Normalize)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
-
-
-def preprocess(images: torch.Tensor, input_size: int, crop_size: int) -> torch.Tensor:
-    """The official test transform of uint8 images: ``resize_crop`` then ``normalize``."""
-    return normalize(resize_crop(images, input_size, crop_size))
+def _prepare(batch: torch.Tensor) -> torch.Tensor:
+    """Model inputs of a training batch: uint8 crops are normalised, augmented floats kept."""
+    return normalize(batch) if batch.dtype == torch.uint8 else batch.float()
 
 
 def few_shot_augment(image: torch.Tensor) -> torch.Tensor:
@@ -594,31 +463,17 @@ class INPFormer:
         encoder = TINY_ENCODER if self.config.encoder == "tiny" else VIT_PRESETS[self.config.encoder]
         return INPFormerArch(encoder=encoder, num_prototypes=self.config.num_prototypes, decoder_depth=len(default_target_layers(encoder.depth)), target_layers=default_target_layers(encoder.depth))
 
+    @property
+    def backbone(self) -> str:
+        """The backbone registry name of the configured encoder."""
+        return "dinov2_tiny" if self.config.encoder == "tiny" else f"dinov2_{self.config.encoder}_reg4"
+
     def encoder(self) -> DinoVisionTransformer:
         """The frozen DINOv2 encoder, loaded (strictly) on first use from ``encoder_weights``."""
         if self._encoder is None:
-            arch = self.arch
-            source = self.config.encoder_weights
-            if source == "random":
-                encoder = DinoVisionTransformer(arch.encoder)
-            else:
-                if source == "auto":
-                    if self.config.encoder == "tiny":
-                        raise ValueError("encoder=tiny has no pretrained weights; use encoder_weights=random")
-                    source = f"dinov2_{self.config.encoder}_reg4_pretrain"
-                if source in weights.REGISTRY:
-                    state = weights.load_state_dict(source)
-                else:
-                    path = Path(source).expanduser()
-                    if not path.is_file():
-                        raise weights.WeightsUnavailable(f"encoder_weights {source!r} is neither a known weights name nor a file")
-                    state = torch.load(path, map_location="cpu", weights_only=True)
-                found = infer_vit_config(state, num_heads=arch.encoder.num_heads)
-                if replace(found, pos_grid=arch.encoder.pos_grid) != arch.encoder:
-                    raise ValueError(f"encoder weights {source!r} describe {found}, not the {self.config.encoder} encoder {arch.encoder}")
-                encoder = DinoVisionTransformer(found)
-                encoder.load_state_dict(state, strict=True)
-            self._encoder = encoder.to(self.device).eval()
+            if self.config.encoder == "tiny" and self.config.encoder_weights == "auto":
+                raise ValueError("encoder=tiny has no pretrained weights; use encoder_weights=random")
+            self._encoder = registry.load_backbone(self.backbone, self.config.encoder_weights).to(self.device)
         return self._encoder
 
     def _new_model(self) -> INPFormerModel:
@@ -647,48 +502,28 @@ class INPFormer:
         self.train_model(model, self._collect(train, augment=setting.shots is not None))
         self.model = model.eval()
 
+    def recipe(self) -> Recipe:
+        """The preset's training recipe for the shared loop (``baselines.training``)."""
+        config = self.config
+        stable = config.optimizer == "stableadamw"
+        return Recipe(
+            optimizer=config.optimizer, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+            eps=1e-10 if stable else 1e-8, amsgrad=stable, schedule="warm-cosine" if stable else "step",
+            final_lr=config.final_lr, warmup_iters=config.warmup_iters, step_epoch=config.lr_step_epoch or 0,
+            grad_clip=config.grad_clip, batch_size=config.batch_size, drop_last=True, epochs=config.epochs,
+        )
+
     def train_model(self, model: INPFormerModel, images: torch.Tensor) -> list[float]:
         """The official training loop on uint8 crops or normalised float images; returns the
         loss of each iteration."""
-        config = self.config
-        params = model.trainable_parameters()
-        if config.optimizer == "stableadamw":
-            optimizer: torch.optim.Optimizer = StableAdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, amsgrad=True, eps=1e-10)
-        else:
-            optimizer = torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
-        batch_size = min(config.batch_size, len(images))  # the official loader would run no step here
-        per_epoch = len(images) // batch_size  # drop_last, as the official loader
-        total = config.epochs * per_epoch
-        generator = torch.Generator().manual_seed(self.seed)
-        losses = []
-        model.train()
-        iteration = 0
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(images), generator=generator)
-            for step in range(per_epoch):
-                for group in optimizer.param_groups:
-                    group["lr"] = self._lr(iteration, epoch, total)
-                batch = images[order[step * batch_size : (step + 1) * batch_size]].to(self.device)
-                batch = normalize(batch) if batch.dtype == torch.uint8 else batch.float()
-                with _autocast(self.device, model.mixed_precision):
-                    output = model(batch)
-                loss = soft_mining_loss(output.encoder, output.decoder) + COHERENCE_WEIGHT * output.coherence_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, max_norm=config.grad_clip)
-                optimizer.step()
-                losses.append(loss.detach().item())
-                iteration += 1
-            logger.info("inpformer: epoch %d/%d, loss %.4f", epoch + 1, config.epochs, float(np.mean(losses[-per_epoch:])))
-        return losses
 
-    def _lr(self, iteration: int, epoch: int, total: int) -> float:
-        """The preset's learning rate: warm-up + cosine (official) or a step decay (M2AD)."""
-        config = self.config
-        if config.optimizer == "stableadamw":
-            return warm_cosine_lr(iteration, config.lr, config.final_lr, total, config.warmup_iters)
-        decayed = config.lr_step_epoch and epoch >= config.lr_step_epoch
-        return config.lr * (0.1 if decayed else 1.0)
+        def loss(inputs: torch.Tensor, iteration: int) -> torch.Tensor:
+            output = model(inputs)
+            return soft_mining_loss(output.encoder, output.decoder) + COHERENCE_WEIGHT * output.coherence_loss
+
+        model.train()
+        return train_head(model.trainable_parameters(), images, loss, self.recipe(), prepare=_prepare, device=self.device,
+                          seed=self.seed, mixed_precision=model.mixed_precision, name="inpformer")
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Scores (B,) by the official top-1 % rule and maps (B, H, W) at the input size.
@@ -703,7 +538,7 @@ class INPFormer:
         images = preprocess(batch.images.to(self.device), config.input_size, config.crop_size)
         height, width = batch.images.shape[-2:]
         scores, crop_maps = self.model.predict(images, map_size=config.map_size, smoothing=config.smoothing, top_fraction=config.top_fraction)
-        maps = _uncrop(crop_maps.float().cpu(), height, width, config.input_size, config.crop_size)
+        maps = uncrop(crop_maps.float().cpu(), height, width, config.input_size, config.crop_size)
         return scores.float().cpu().numpy().astype(np.float32), maps.numpy().astype(np.float32)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -719,20 +554,6 @@ class INPFormer:
         model.load_state_dict(state, strict=True)
         self.model = model.to(self.device).eval()
         self._encoder = self.model.encoder
-
-
-def _uncrop(maps: torch.Tensor, height: int, width: int, input_size: int, crop_size: int) -> torch.Tensor:
-    """Place (B, h, w) maps of the centre crop into (B, height, width) input frames; the border
-    outside the crop gets each map's minimum."""
-    top = round((input_size - crop_size) // 2 * height / input_size)
-    left = round((input_size - crop_size) // 2 * width / input_size)
-    crop_h, crop_w = height - 2 * top, width - 2 * left
-    resized = F.interpolate(maps.unsqueeze(1), size=(crop_h, crop_w), mode="bilinear", align_corners=False)[:, 0]
-    if (crop_h, crop_w) == (height, width):
-        return resized
-    out = maps.reshape(maps.shape[0], -1).amin(dim=1).view(-1, 1, 1).expand(-1, height, width).clone()
-    out[:, top : top + crop_h, left : left + crop_w] = resized
-    return out
 
 
 __all__ = [

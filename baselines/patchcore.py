@@ -40,7 +40,7 @@ from scipy import ndimage
 from torch import nn
 
 from baselines import weights
-from baselines.backbones import efficientnet_lite, wide_resnet
+from baselines.backbones import registry
 from baselines.base import Batch, MethodCard, Setting
 
 logger = logging.getLogger(__name__)
@@ -104,25 +104,15 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.backbone_name = backbone_name
         self.embed_dim = embed_dim
-        if backbone_name == "wide_resnet50_2":
-            self.backbone = wide_resnet.wide_resnet50_2_from_state_dict(weights.load_state_dict("wide_resnet50_2"))
-            self.layers = ("layer2", "layer3")
-            mean, std = wide_resnet.IMAGENET_MEAN, wide_resnet.IMAGENET_STD
-        elif backbone_name == "efficientnet_lite0":
-            self.backbone = efficientnet_lite.efficientnet_lite0_from_state_dict(weights.load_state_dict("efficientnet_lite0"))
-            self.layers = ("stride8", "stride16")
-            mean, std = efficientnet_lite.MEAN, efficientnet_lite.STD
-        else:
+        if backbone_name not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone_name!r}; choose from {BACKBONES}")
-        self.backbone.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.backbone = registry.load_backbone(backbone_name)
+        self.layers = ("layer2", "layer3") if backbone_name == "wide_resnet50_2" else ("stride8", "stride16")
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) already at the working size -> patch features (B, D, h, w)."""
-        pixels = (images.float() / 255.0 - self.mean) / self.std
-        maps = list(self.backbone.features(pixels, self.layers).values())
+        maps = registry.tap(self.backbone, registry.normalize(images, self.backbone_name), self.layers)
         grid = maps[0].shape[-2:]
         pooled = []
         for feature in maps:

@@ -6,7 +6,8 @@ zero-shot number is not comparable with a full-data one, nor a 1-shot with a 4-s
 A summary frame has the entry columns (:data:`ENTRY_COLUMNS`), the grouping column of the
 view (``category``, ``view`` or ``illumination`` when ``by`` asks for it), ``categories`` (how
 many categories the mean covers), one column per metric (fractions), ``rank_<metric>`` (1 =
-best, ties share the best rank) and ``mean_rank``.
+best, ties share the best rank) and ``mean_rank``.  Metric columns follow the order of the
+metric registry (``m2ad.metrics.registry``), which also says whether higher or lower is better.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import polars as pl
 
 import protocols
 from m2ad.datasets.registry import SYNTHETIC_SUFFIX
+from m2ad.metrics import registry as metric_registry
 from m2ad.text import printable
 
 ENTRY_COLUMNS = (
@@ -29,29 +31,21 @@ ENTRY_COLUMNS = (
 )  # fmt: skip
 TABLE_KEYS = ("protocol", "protocol_version", "dataset", "resolution", "setting", "shots")
 BY_CHOICES = ("entry", "category", "view", "illumination")
-METRIC_ORDER = (
-    "object_auroc", "object_ap", "object_f1max",
-    "view_auroc", "view_ap", "view_f1max",
-    "view_pixel_auroc", "view_pixel_ap", "view_pixel_f1max", "view_aupro",
-    "image_auroc", "image_ap", "image_f1max",
-    "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro",
-)  # fmt: skip
 
 
 def order_metrics(names: list[str]) -> list[str]:
-    """Metric names in the paper's order (object, view, image, pixel), unknown ones last."""
-    known = [name for name in METRIC_ORDER if name in names]
-    return known + sorted(set(names) - set(known))
+    """Metric names in the metric registry's order (object, view, sample, image, pixel, point),
+    names not registered last."""
+    return metric_registry.display_order(names)
 
 
 def check_names(frame: pl.DataFrame, *, protocol: str | None = None, metrics: list[str] | None = None) -> None:
-    """Raise ``ValueError`` for a protocol or metric name that no protocol defines and no row
+    """Raise ``ValueError`` for a protocol or metric name that is not registered and no row
     of ``frame`` holds (a typo would otherwise just match no row)."""
     known_protocols = sorted(set(protocols.available()) | set(frame["protocol"].unique().to_list()))
     if protocol is not None and protocol not in known_protocols:
         raise ValueError(f"unknown protocol {printable(protocol)!r}; known: {', '.join(known_protocols)}")
-    defined = {name for protocol_name in protocols.available() for name in protocols.get(protocol_name).metric_names}
-    known_metrics = order_metrics(sorted(defined | set(frame["metric"].unique().to_list())))
+    known_metrics = order_metrics(sorted(set(metric_registry.available()) | set(frame["metric"].unique().to_list())))
     unknown = [name for name in metrics or [] if name not in known_metrics]
     if unknown:
         names = ", ".join(repr(printable(name)) for name in unknown)
@@ -85,7 +79,8 @@ def filter_rows(
 def summarize(frame: pl.DataFrame, by: str = "entry") -> pl.DataFrame:
     """Aggregate store rows into one row per entry (mean over categories) or per entry and
     ``category`` / ``view`` / ``illumination``, with ranks per metric within each
-    (protocol, dataset, resolution[, group]) and the mean rank."""
+    (protocol, dataset, resolution[, group]) and the mean rank.  Rank 1 is the best value: the
+    highest, or the lowest for a metric the registry marks lower-is-better."""
     if by not in BY_CHOICES:
         raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, not {by!r}")
     if by == "view":
@@ -110,7 +105,8 @@ def summarize(frame: pl.DataFrame, by: str = "entry") -> pl.DataFrame:
             wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(metric))
     scope = [*TABLE_KEYS, *group]
     wide = wide.with_columns(
-        [pl.col(metric).rank("min", descending=True).over(scope).alias(f"rank_{metric}") for metric in metrics]
+        [pl.col(metric).rank("min", descending=metric_registry.higher_is_better(metric)).over(scope).alias(f"rank_{metric}")
+         for metric in metrics]
     )
     wide = wide.with_columns(pl.mean_horizontal([f"rank_{metric}" for metric in metrics]).alias("mean_rank"))
     ordered = [*keys, "categories", *metrics, *(f"rank_{metric}" for metric in metrics), "mean_rank"]
@@ -154,8 +150,10 @@ def format_value(value: float | None) -> str:
 
 
 def best_per_column(frame: pl.DataFrame) -> dict[str, float | None]:
-    """The best (largest) value of every metric column, to highlight it."""
-    return {name: frame[name].max() for name in metric_columns(frame)}  # type: ignore[misc]
+    """The best value of every metric column (the largest, or the smallest for a metric the
+    registry marks lower-is-better), to highlight it."""
+    return {name: frame[name].max() if metric_registry.higher_is_better(name) else frame[name].min()  # type: ignore[misc]
+            for name in metric_columns(frame)}
 
 
 def display_columns(frame: pl.DataFrame) -> list[str]:

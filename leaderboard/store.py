@@ -164,7 +164,7 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 def _with_protocol_version(row: Mapping[str, Any]) -> Mapping[str, Any]:
     if row.get("protocol_version") is not None or row.get("protocol") not in protocols.available():
         return row
-    return {**row, "protocol_version": str(getattr(protocols.get(row["protocol"]), "version", "1"))}
+    return {**row, "protocol_version": protocols.get(row["protocol"]).version}
 
 
 def _file_metadata(supersedes: list[str]) -> dict[bytes, bytes]:

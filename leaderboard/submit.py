@@ -9,7 +9,7 @@ protocol and evaluation mode, so resubmitting the same file is recognised: refus
 Every row records the setting the predictions were made in (``setting``, ``shots``,
 ``train_dataset``): given by the submitter, or read from the predictions file's header, which
 ``m2ad run`` writes; a submitter's value that contradicts the header is refused.  The
-``protocol_version`` is the protocol's (``"1"`` for protocols that declare none).
+``protocol_version`` is the one the evaluation result records (the protocol spec's).
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ from m2ad.schema import DatasetInfo
 from m2ad.settings import SETTINGS
 from protocols.evaluate import evaluate
 
-# The AUROC each protocol's breakdown reports (``Evaluator.breakdown``): image level for the
-# per-image protocols, the illumination-fused view level for Synergy.
-BREAKDOWN_METRIC = {"synergy": "view_auroc"}
-DEFAULT_BREAKDOWN_METRIC = "image_auroc"
 
 
 @dataclass(frozen=True)
@@ -60,11 +56,12 @@ def _number(value: Any) -> float | None:
 
 
 def _breakdown_rows(protocol: str, category: str, breakdown: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Rows for one category's breakdown; accepts ``view_illumination`` nested
+    """Rows for one category's breakdown, under the AUROC of the protocol's breakdown level
+    (``ProtocolSpec.breakdown_metric``); accepts ``view_illumination`` nested
     (``{view: {light: v}}``) or flat (``{"000/01": v}``)."""
     if not breakdown:
         return []
-    metric = BREAKDOWN_METRIC.get(protocol, DEFAULT_BREAKDOWN_METRIC)
+    metric = protocols.get(protocol).breakdown_metric
     rows = []
     for view, value in (breakdown.get("view") or {}).items():
         rows.append({"category": category, "view": str(view), "metric": metric, "value": _number(value)})
@@ -122,7 +119,7 @@ def submit(
 ) -> Submission:
     """Validate and evaluate ``predictions`` against the sharded dataset ``data`` under
     ``protocol`` and add the rows to ``store``.  ``mask_rule=None``: ``official`` in the compat
-    modes, else ``exact`` (``protocols.base.default_mask_rule``).
+    modes, else ``exact`` (``protocols.fusion.default_mask_rule``).
 
     Raises ``m2ad.predictions.PredictionsError`` for a malformed file, ``ValueError`` for bad
     arguments, and ``leaderboard.store.DuplicateEntryError`` for a file already on the board
@@ -149,7 +146,7 @@ def submit(
         "backbone": backbone,
         "dataset": result.get("dataset") or info.dataset,
         "resolution": str(info.resolution),
-        "protocol_version": str(getattr(protocols.get(protocol), "version", "1")),
+        "protocol_version": result.get("protocol_version") or protocols.get(protocol).version,
         **setting_columns,
         "config_hash": _text(declared.get("config_hash")),
         "code_version": _text(declared.get("code_version") or declared.get("m2ad_version") or result.get("m2ad_version")),
@@ -157,7 +154,7 @@ def submit(
         "date": datetime.now(timezone.utc),
         "submitter": submitter,
         "citation": citation,
-        "note": note,
+        "note": _with_reimplementation(note, declared.get("reimplemented_from")),
     }
     rows = result_rows(result, provenance)
     replaced = store.add_entry(to_table(rows), replace=replace)
@@ -176,6 +173,15 @@ def _setting(declared: dict[str, Any], **given: Any) -> dict[str, Any]:
     if columns["setting"] is not None and columns["setting"] not in SETTINGS:
         raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, not {columns['setting']!r}")
     return columns
+
+
+def _with_reimplementation(note: str | None, source: Any) -> str | None:
+    """The entry's note, prefixed with "re-implementation from <paper>" when the predictions
+    header declares that the method was re-implemented from a paper (``MethodCard.reimplemented_from``)."""
+    if not source:
+        return note
+    marker = f"re-implementation from {source}, no official code"
+    return marker if not note else f"{marker}; {note}"
 
 
 def _text(value: Any) -> str | None:

@@ -30,9 +30,11 @@ from m2ad.cli import app
 from m2ad.datasets import detect, get
 from m2ad.datasets.registry import available
 from m2ad.download import download_dataset
+from m2ad.predictions import write as write_predictions
 from m2ad.run import RunConfig, run
 from m2ad.schema import MANIFEST_FILE, DatasetInfo, ReleaseRecord
 from m2ad.shard import FolderSource, ShardError, shard_tree
+from protocols.evaluate import evaluate
 from servers import FileServer, write_sha256sums
 
 OPTIONS = {"m2ad": dict(categories=("Cube",), normal_specimens=2, ng_specimens=1, resolution=16)}
@@ -112,6 +114,31 @@ def test_each_fitting_protocol_selects_train_and_test(shards: tuple[str, Path]) 
             assert protocol.train_samples(manifest, category).height > 0, (protocol_name, category)
             test = protocol.test_samples(manifest, category)
             assert test.height > 0 and test["label"].sum() > 0, (protocol_name, category)
+
+
+@pytest.mark.filterwarnings("ignore")  # single-class breakdown cells: NaN, with a warning
+def test_every_protocol_evaluates_the_shards_or_is_refused_in_one_line(shards: tuple[str, Path], tmp_path: Path) -> None:
+    """Random predictions (with maps) for every test sample: each protocol the dataset lists
+    gives metrics in [0, 1] (or null); every other protocol is refused with one line, also by
+    ``m2ad evaluate`` (exit 1, no traceback)."""
+    name, out = shards
+    info = DatasetInfo.read(out)
+    manifest = pl.read_parquet(out / MANIFEST_FILE)
+    test = manifest.filter(pl.col("split") == "test")
+    rng = np.random.default_rng(0)
+    maps = [rng.random((height, width)).astype(np.float32) for height, width in zip(test["height"], test["width"])]
+    path = write_predictions(tmp_path / "p.parquet", test["sample_id"].to_list(), rng.random(test.height).tolist(), maps)
+    for protocol_name in protocols.available():
+        if protocol_name in info.protocols:
+            result = evaluate(protocol_name, out, path, progress=False)
+            assert list(result["mean"]) == list(protocols.get(protocol_name).metric_names)
+            assert all(value is None or 0 <= value <= 1 for values in result["categories"].values() for value in values.values())
+            continue
+        with pytest.raises(ValueError) as caught:
+            evaluate(protocol_name, out, path, progress=False)
+        assert "\n" not in str(caught.value) and f"protocol {protocol_name!r} does not fit the dataset {info.dataset!r}" in str(caught.value)
+        cli = CliRunner().invoke(app, ["evaluate", "--protocol", protocol_name, "--data", str(out), "--predictions", str(path)])
+        assert cli.exit_code == 1 and "does not fit the dataset" in cli.output and "Traceback" not in cli.output
 
 
 def test_the_random_method_runs_end_to_end(shards: tuple[str, Path], tmp_path: Path) -> None:

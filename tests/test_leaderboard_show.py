@@ -170,3 +170,32 @@ def test_by_view_and_illumination_average_the_breakdown_rows_over_categories() -
     by_light = summarize(frame, by="illumination")
     assert by_light["illumination"].to_list() == ["01"] and by_light["image_auroc"].to_list() == pytest.approx([0.7])
     assert summarize(frame)["image_auroc"].to_list() == pytest.approx([0.9])
+
+
+def test_the_metric_registry_orders_and_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Columns follow the registry's order (sample level before image level), a metric the
+    registry marks lower-is-better ranks its smallest value first and is the one in bold, and
+    a registered metric no row holds is still a known name."""
+    from dataclasses import replace
+
+    from leaderboard.aggregate import best_per_column, check_names
+    from m2ad.metrics import registry
+
+    lower = replace(registry.get("image_f1max"), name="image_error", higher_is_better=False, label="I-Error")
+    monkeypatch.setitem(registry._BY_NAME, "image_error", lower)
+    monkeypatch.setattr(registry, "METRICS", (*registry.METRICS, lower))
+    rows = []
+    for entry, (auroc, sample, error) in enumerate([(0.9, 0.6, 0.30), (0.8, 0.7, 0.10), (0.7, 0.8, 0.20)]):
+        for metric, value in (("image_auroc", auroc), ("image_error", error), ("sample_auroc", sample)):
+            rows.append({"entry_id": f"e{entry}", "source": "run", "method": f"m{entry}", "protocol": "realiad-sample",
+                         "protocol_version": "1", "mode": "exact", "dataset": "real-iad", "resolution": "256",
+                         "category": "toy", "metric": metric, "value": value})
+    summary = summarize(pl.from_arrow(to_table(rows)))
+    metric_columns = [name for name in summary.columns if name in ("image_auroc", "image_error", "sample_auroc")]
+    assert metric_columns == ["sample_auroc", "image_auroc", "image_error"]
+    ranks = dict(zip(summary["method"], summary["rank_image_error"]))
+    assert ranks == {"m1": 1, "m2": 2, "m0": 3}
+    assert dict(zip(summary["method"], summary["rank_image_auroc"])) == {"m0": 1, "m1": 2, "m2": 3}
+    assert best_per_column(summary)["image_error"] == 0.10 and best_per_column(summary)["image_auroc"] == 0.9
+    assert "**10.0**" in to_markdown(summary)
+    check_names(pl.from_arrow(to_table(rows)), metrics=["point_auroc"])  # registered, even if no row holds it

@@ -98,7 +98,7 @@ def feed(evaluator: protocols.Evaluator, test: pl.DataFrame, scores: dict[str, f
 
 
 def test_registry() -> None:
-    assert protocols.available() == ["invariant", "standard", "synergy"]
+    assert protocols.available() == ["invariant", "realiad-sample", "standard", "synergy"]
     assert protocols.get("invariant").metric_names == (
         "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
     assert protocols.get("standard").metric_names == protocols.get("invariant").metric_names
@@ -151,8 +151,8 @@ def test_sample_counts_per_protocol(records: list[dict], manifest: pl.DataFrame,
 def test_m2ad_shaped_counts_per_specimen(manifest: pl.DataFrame) -> None:
     """Every M2AD specimen is 12 views x 10 lights: 12 view instances of 10 images each."""
     evaluator = protocols.get("synergy").new_evaluator(protocols.get("synergy").test_samples(manifest, "Bird"))
-    assert set(evaluator.view_sizes.tolist()) == {10}
-    assert len(evaluator.view_keys) == 12 * len(evaluator.object_keys)
+    assert set(evaluator.units["view"].sizes.tolist()) == {10}
+    assert len(evaluator.units["view"].keys) == 12 * len(evaluator.units["object"].keys)
 
 
 def test_invariant_filtering(records: list[dict], manifest: pl.DataFrame) -> None:
@@ -206,13 +206,13 @@ def test_synergy_fusion_on_hand_made_scores() -> None:
         scores[sample_id(record)] = offset + light + 10.0 * view
     evaluator = synergy.new_evaluator(test)
     feed(evaluator, test, scores)
-    views = evaluator.view_instances()
+    views = evaluator.unit_frame("view")
     fused = views.filter((pl.col("specimen") == ng_specimen) & (pl.col("view") == "000")).row(0, named=True)
     assert fused["score"] == 104.5  # images score 100..109 -> 104.5; with the offset removed: 0..9 -> 4.5
-    assert fused["label"] == 1 and fused["images"] == 10
+    assert fused["label"] == 1 and fused["samples"] == 10
     other = views.filter((pl.col("specimen") == ng_specimen) & (pl.col("view") == "030")).row(0, named=True)
     assert other["score"] == 114.5 and other["label"] == 0  # an NG view without a visible defect is normal
-    objects = {row["specimen"]: row for row in evaluator.object_instances().iter_rows(named=True)}
+    objects = {row["specimen"]: row for row in evaluator.unit_frame("object").iter_rows(named=True)}
     ng_scores = [scores[sample_id(r)] for r in records if r["object_name"] == ng_specimen]
     assert len(ng_scores) == 120
     assert objects[ng_specimen]["score"] == pytest.approx(sum(ng_scores) / 120, abs=1e-12)
@@ -242,7 +242,7 @@ def test_synergy_fused_maps_are_means_and_masks_are_maxima() -> None:
     feed(evaluator, test.sample(fraction=1.0, shuffle=True, seed=0), scores, maps, masks, batch=13)
     result = evaluator.compute()
     fused_maps, fused_masks = [], []
-    for view in evaluator.view_instances().iter_rows(named=True):
+    for view in evaluator.unit_frame("view").iter_rows(named=True):
         group = [sample_id(r) for r in records if r["object_name"] == view["specimen"] and r["view"] == view["view"]]
         fused_maps.append(np.mean(np.stack([maps[i] for i in group]).astype(np.float64), axis=0).astype(np.float32))
         fused_masks.append(np.any(np.stack([masks[i] for i in group]), axis=0))
@@ -388,11 +388,11 @@ def test_incomplete_view_is_reported_by_merge_state(manifest: pl.DataFrame) -> N
     ids = test["sample_id"].to_list()
     zeros = np.zeros((SIZE, SIZE), np.float32)
     evaluator.update(ids[:4], [0.0] * 4, [zeros] * 4, [zeros > 0] * 4)
-    assert len(evaluator._open) == 1 and evaluator.fused_views == 0
+    assert len(evaluator._open) == 1 and evaluator.fused_units == 0
     evaluator.update(ids[4:10], [0.0] * 6, [zeros] * 6, [zeros > 0] * 6)
-    assert not evaluator._open and evaluator.fused_views == 1
+    assert not evaluator._open and evaluator.fused_units == 1
     with pytest.raises(ValueError, match="no predictions"):
-        evaluator.view_instances()
+        evaluator.unit_frame("view")
 
 
 def test_synergy_needs_views() -> None:
@@ -465,7 +465,7 @@ def test_compat_view_scores_are_np_mean_in_illumination_order() -> None:
         evaluator = synergy.new_evaluator(test, mode=mode, mask_rule="exact")
         feed(evaluator, test.sample(fraction=1.0, shuffle=True, seed=1), scores)  # arrival order does not matter
         results[mode] = evaluator.compute()
-        views = evaluator.view_instances()
+        views = evaluator.unit_frame("view")
         expected = {0: 0.1, 1: 0.10000000000000002} if mode == "compat" else {0: 0.09999999999999999, 1: 0.09999999999999999}
         assert all(row["score"] == expected[row["label"]] for row in views.iter_rows(named=True)), mode
     assert results["exact"]["view_auroc"] == 0.5

@@ -344,3 +344,37 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert files.cache_dir() == tmp_path / "home" / ".cache" / "m2ad"
+
+
+def test_several_seeds_report_mean_and_standard_deviation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """summary.json gives, with three seeds, the per-category mean and sample standard deviation
+    over seeds and the spread of the per-seed means over categories; the run's table prints
+    mean ± std.  Values recomputed here with the statistics module."""
+    import statistics
+
+    from m2ad.cli.run import _print_tables
+    from m2ad.run.results import write_results
+
+    names = protocols.get("invariant").metric_names
+    rng = np.random.default_rng(0)
+    values = {(category, seed): {name: float(rng.random()) for name in names} for category in CATEGORIES for seed in (0, 1, 2)}
+    records = [{"method": "gaussian", "category": category, "seed": seed, "status": "ok", "metrics": metrics,
+                "cell_id": f"gaussian__{category}__seed{seed}", "config_hash": "h", "fit_id": None}
+               for (category, seed), metrics in values.items()]
+    config = RunConfig(protocol="invariant", methods=("gaussian",), seeds=(0, 1, 2), executor="local")
+    summary = write_results(tmp_path, config, records, [])
+    method = json.loads((tmp_path / "summary.json").read_text())["methods"]["gaussian"]
+    assert method == json.loads(json.dumps(summary["methods"]["gaussian"]))
+    for category in CATEGORIES:
+        series = [values[category, seed]["aupro"] for seed in (0, 1, 2)]
+        assert method["categories"][category]["aupro"] == pytest.approx(statistics.mean(series), abs=1e-15)
+        assert method["categories_std"][category]["aupro"] == pytest.approx(statistics.stdev(series), abs=1e-15)
+    seed_means = [statistics.mean(values[category, seed]["image_auroc"] for category in CATEGORIES) for seed in (0, 1, 2)]
+    assert [method["seed_means"][str(seed)]["image_auroc"] for seed in (0, 1, 2)] == pytest.approx(seed_means, abs=1e-15)
+    assert method["mean_std"]["image_auroc"] == pytest.approx(statistics.stdev(seed_means), abs=1e-15)
+    assert method["mean"]["image_auroc"] == pytest.approx(statistics.mean(seed_means), abs=1e-15)
+    _print_tables(summary)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "mean ± std over 3 seeds" in printed and f"{statistics.mean(seed_means):.3f} ± {statistics.stdev(seed_means):.3f}" in printed
+    one_seed = write_results(tmp_path, dataclasses.replace(config, seeds=(0,)), [r for r in records if r["seed"] == 0], [])
+    assert one_seed["methods"]["gaussian"]["mean_std"]["image_auroc"] is None

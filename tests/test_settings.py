@@ -229,9 +229,14 @@ def test_impossible_combinations_are_refused_before_anything_starts(
 
 
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
+    "dinomaly": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "iterations": 2, "batch_size": 4,
+                 "warmup_iters": 0, "map_size": 56, "device": "cpu"},
     "gaussian": {},
+    "grnr": {"backbone": "efficientnet_lite0", "image_size": 64},
     "inpformer": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "epochs": 2, "batch_size": 4,
                   "warmup_iters": 0, "map_size": 56, "device": "cpu"},
+    "inpformer-pp": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "epochs": 1, "batch_size": 4,
+                     "warmup_iters": 0, "map_size": 56, "device": "cpu", "seg_channels": (8, 4)},
     "patchcore": {"backbone": "efficientnet_lite0"},
     "random": {},
 }

@@ -30,7 +30,7 @@ StoreOption = Annotated[
     ),
 ]
 FORMATS = ("table", "markdown", "csv", "json")
-ProtocolFilter = Annotated[str | None, typer.Option("--protocol", help="Only this protocol (invariant, synergy, standard).")]
+ProtocolFilter = Annotated[str | None, typer.Option("--protocol", help="Only this protocol (invariant, synergy, realiad-sample, standard).")]
 DatasetFilter = Annotated[str | None, typer.Option("--dataset", help="Only this dataset (e.g. m2ad, m2ad-synth).")]
 SourceFilter = Annotated[str | None, typer.Option("--source", help="Only entries from: run, submission or paper.")]
 SettingFilter = Annotated[str | None, typer.Option("--setting", help="Only this setting: single-class, multi-class, few-shot or zero-shot.")]
@@ -74,7 +74,7 @@ def _seed_if_new(board: Store) -> None:
 
 
 def submit(
-    protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy or standard.")],
+    protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
     method: Annotated[str, typer.Option(help="Method name shown on the leaderboard.")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
     predictions_file: PredictionsArgument = None,

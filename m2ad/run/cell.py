@@ -252,6 +252,7 @@ def cell_identity(spec: CellSpec) -> dict[str, Any]:
         "setting": spec.setting.name, "shots": spec.setting.shots, "train_dataset": spec.train_dataset,
         "fit_id": spec.fit_id, "fit_hash": spec.fit_hash, "mode": spec.mode, "mask_rule": spec.mask_rule,
         "map_dtype": spec.map_dtype, "config_hash": spec.config_hash,
+        "reimplemented_from": spec.method_class.card.reimplemented_from,
     }
 
 
@@ -318,7 +319,8 @@ def predict_with_fit(
     names = {category: info.class_names.get(category) or category for category in categories}
     metadata = predictions_metadata({"fit_id": fit["fit_id"], "fit_hash": fit["fit_hash"], "method": fit["method"],
                                      "method_config": fit["method_config"], "setting": fit["setting"], "shots": fit["shots"],
-                                     "seed": fit["seed"], "categories": categories, "split": split})
+                                     "seed": fit["seed"], "categories": categories, "split": split,
+                                     "reimplemented_from": type(method).card.reimplemented_from})
     done = 0
     with PredictionsWriter(out, map_dtype=map_dtype, metadata=metadata) as writer:
         loaded = m2ad_data.iter_batches(data, frame, batch_size=batch_size)

@@ -15,7 +15,7 @@ from m2ad.metrics import MODES as EVAL_MODES
 from m2ad.predictions import MAP_DTYPES
 from m2ad.schema import INFO_FILE, MANIFEST_FILE, MASK_RULES
 from m2ad.settings import SETTINGS
-from protocols.base import default_mask_rule
+from protocols.fusion import default_mask_rule
 
 EXECUTORS = ("ray", "local")
 MAX_SEED = 2**32 - 1

@@ -160,11 +160,11 @@ def build_plan(config: RunConfig, data: Path, identity: str, run_dir: Path, meth
     categories = resolve_categories(config, manifest, data)
     train_info = DatasetInfo.read(config.train_data) if config.train_data is not None else None
     check_cards(config, info, manifest, train_info)
+    protocol = protocols.get(config.protocol)
     try:
-        info.check_protocol(config.protocol)
+        protocol.check_dataset(info)
     except ValueError as error:
         raise RunError(str(error)) from None
-    protocol = protocols.get(config.protocol)
     if config.train_data is not None:
         train_data, train_manifest = Path(config.train_data), m2ad_data.load_manifest(config.train_data)
         train_identity = data_identity(train_data)
@@ -238,8 +238,8 @@ def cell_hash(config: RunConfig, method: str, method_config: dict[str, Any], cat
 
 
 def protocol_version(name: str) -> str:
-    """The version of a protocol's definition ("1" for protocols that do not declare one)."""
-    return str(getattr(protocols.get(name), "version", "1"))
+    """The version of a protocol's definition (its spec's ``version``)."""
+    return protocols.get(name).version
 
 
 def default_run_dir(config: RunConfig, identity: str) -> Path:

@@ -1,5 +1,10 @@
 """What a run leaves for its readers: ``metrics.parquet``, ``summary.json`` and the joined
-predictions files of each (method, seed)."""
+predictions files of each (method, seed).
+
+``summary.json`` has, per method, the per-category metrics averaged over seeds
+(``categories``) and their mean over categories (``mean``); with several seeds also the spread:
+``categories_std`` (per category, over seeds) and ``mean_std`` (of the per-seed means over
+categories, ``seed_means``), sample standard deviations (ddof=1; None with one seed)."""
 
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ METRICS_SCHEMA = {
 
 def write_results(run_dir: Path, config: RunConfig, records: list[dict[str, Any]], fits: list[dict[str, Any]]) -> dict[str, Any]:
     """Write ``metrics.parquet`` (one row per cell and metric) and ``summary.json`` (per
-    method: per-category metrics averaged over seeds, and their mean over categories)."""
+    method: per-category metrics averaged over seeds, their mean over categories, and the
+    standard deviations over seeds; see the module docstring)."""
     rows = [
         {
             "method": record["method"],
@@ -62,14 +68,23 @@ def write_results(run_dir: Path, config: RunConfig, records: list[dict[str, Any]
     for method in config.methods:
         own = [record for record in records if record["method"] == method]
         categories: dict[str, dict[str, float | None]] = {}
+        categories_std: dict[str, dict[str, float | None]] = {}
         for category in dict.fromkeys(record["category"] for record in own):
             done = [r for r in own if r["category"] == category and r["status"] == "ok"]
             if done:
                 categories[category] = {name: _mean(r["metrics"].get(name) for r in done) for name in metric_names}
+                categories_std[category] = {name: _std([r["metrics"].get(name) for r in done]) for name in metric_names}
+        seed_means = {}
+        for seed in config.seeds:
+            done = [r for r in own if r["seed"] == seed and r["status"] == "ok"]
+            seed_means[str(seed)] = {name: _mean(r["metrics"].get(name) for r in done) for name in metric_names}
         failed = sorted(record["cell_id"] for record in own if record["status"] != "ok")
         methods[method] = {
             "categories": categories,
             "mean": {name: _mean(values.get(name) for values in categories.values()) for name in metric_names},
+            "categories_std": categories_std,
+            "seed_means": seed_means,
+            "mean_std": {name: _std([values.get(name) for values in seed_means.values()]) for name in metric_names},
             "seeds": list(config.seeds),
             "fits": sorted(fit["fit_id"] for fit in fits if fit["method"] == method),
             "complete": not failed,
@@ -146,3 +161,9 @@ def _mean(values: Any) -> float | None:
     """Mean of the finite values, None if there is none."""
     finite = [float(value) for value in values if value is not None and np.isfinite(value)]
     return float(np.mean(finite)) if finite else None
+
+
+def _std(values: list[Any]) -> float | None:
+    """Sample standard deviation (ddof=1) of the finite values, None with fewer than two."""
+    finite = [float(value) for value in values if value is not None and np.isfinite(value)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else None

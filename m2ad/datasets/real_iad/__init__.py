@@ -70,7 +70,7 @@ SPEC = DatasetSpec(
         "the file's resolution (realiad_1024) before the pixel metrics; ADer and INP-Former resize to 256 x 256 and "
         "score there. Shard at 'original' (variant 1024) for the official pixel geometry, at 256 for ADer's."
     ),
-    protocols=("standard",),
+    protocols=("standard", "realiad-sample"),
     class_names={
         "verbatim": {category: category for category in CATEGORIES},
         "readable": {category: READABLE.get(category, category.replace("_", " ")) for category in CATEGORIES},
