@@ -16,7 +16,9 @@
   driver by a minute.  A :class:`Guardian` is a small watcher process in its own session: while
   it is open, every process started from here carries :data:`MARKER_VARIABLE` in its
   environment, and once this process dies (its pipe to the watcher closes) or closes the
-  guardian, the watcher SIGKILLs every process whose environment carries the marker.
+  guardian, the watcher SIGKILLs every process whose environment carries the marker, or that
+  holds a file open in the guardian's folder (Ray's agents rewrite their process title over
+  their environment, but keep their logs open in the cluster's own temporary folder).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
+from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -68,28 +71,42 @@ def process_pool(workers: int, initializer: Callable[..., Any] | None = None, in
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(parent, initializer, initargs))
 
 
-def marked_processes(marker: str) -> list[int]:
+def _holds_a_file_in(pid: str, folder: str) -> bool:
+    """Whether process ``pid`` has a file open under ``folder``."""
+    fds = f"/proc/{pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(f"{fds}/{fd}").startswith(folder):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def marked_processes(marker: str, folder: str | Path | None = None, spare: Collection[int] = ()) -> list[int]:
     """Pids of the processes (readable by us, Linux ``/proc``) whose environment at start had
-    :data:`MARKER_VARIABLE` set to ``marker``."""
+    :data:`MARKER_VARIABLE` set to ``marker``, or that hold a file open under ``folder``; never
+    this process or those in ``spare``."""
     wanted = f"{MARKER_VARIABLE}={marker}".encode()
+    inside = None if folder is None else os.path.join(os.path.abspath(folder), "")
     found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or int(entry.name) in spare:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                if wanted in handle.read().split(b"\0"):
+                if wanted in handle.read().split(b"\0") or (inside is not None and _holds_a_file_in(entry.name, inside)):
                     found.append(int(entry.name))
         except OSError:  # gone, or another user's
             continue
     return found
 
 
-def kill_marked(marker: str, rounds: int = 3) -> None:
-    """SIGKILL every process marked with ``marker``, a few rounds apart (one may have been
-    starting another)."""
+def kill_marked(marker: str, folder: str | Path | None = None, spare: Collection[int] = (), rounds: int = 3) -> None:
+    """SIGKILL every process marked with ``marker`` (or holding a file under ``folder``) but those
+    in ``spare``, a few rounds apart (one may have been starting another)."""
     for _ in range(rounds):
-        for pid in marked_processes(marker):
+        for pid in marked_processes(marker, folder, spare):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -97,22 +114,25 @@ def kill_marked(marker: str, rounds: int = 3) -> None:
         time.sleep(0.05)
 
 
-def _watch(marker: str) -> None:
+def _watch(marker: str, folder: str | None = None) -> None:
     """The watcher: wait for the end of stdin (the guardian's owner closed it, or died), then kill."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the owner, which then closes us
+    owner = os.getppid()  # alive when it closes us (and holding files in the folder itself): never killed
     sys.stdin.buffer.read()
-    kill_marked(marker)
+    kill_marked(marker, folder, spare=(owner,))
 
 
 class Guardian:
     """Kills, once this process ends or :meth:`close` is called, every process started from here
-    in between (and their descendants, which inherit the marker); see the module docstring."""
+    in between (and their descendants, which inherit the marker) and every process with a file
+    open in ``folder``; see the module docstring."""
 
-    def __init__(self, marker: str) -> None:
+    def __init__(self, marker: str, folder: str | Path | None = None) -> None:
         self.marker = marker
         environment = {key: value for key, value in os.environ.items() if key != MARKER_VARIABLE}
         self._watcher = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from m2ad.processes import _watch; _watch(sys.argv[1])", marker],
+            [sys.executable, "-c", "import sys; from m2ad.processes import _watch; _watch(*sys.argv[1:])", marker,
+             *([str(folder)] if folder is not None else [])],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment, start_new_session=True,
         )
         self._previous = os.environ.get(MARKER_VARIABLE)

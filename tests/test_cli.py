@@ -4,11 +4,13 @@ a project with its own top-level `baselines`, `protocols` and `leaderboard` pack
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import polars as pl
@@ -67,7 +69,10 @@ def test_list_iterates_each_registry(kind: str, names, monkeypatch: pytest.Monke
 
 def test_a_new_registry_entry_is_listed_with_no_other_change(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(baselines._REGISTRY, "probe", "probe_method:ProbeMethod")
-    monkeypatch.setitem(protocols._REGISTRY, "invariant-copy", protocols._REGISTRY["invariant"])
+    protocol_module = types.ModuleType("copied_protocol")
+    protocol_module.SPEC = dataclasses.replace(protocols.get("invariant"), name="invariant-copy")
+    monkeypatch.setitem(sys.modules, "copied_protocol", protocol_module)
+    monkeypatch.setitem(protocols.PROTOCOL_MODULES, "invariant-copy", "copied_protocol")
     monkeypatch.setitem(registry.DATASET_PACKAGES, "visa-copy", registry.DATASET_PACKAGES["visa"])
     monkeypatch.setitem(weights.REGISTRY, "probe-weights", weights.REGISTRY["efficientnet_lite0"])
     for kind, name in (("methods", "probe"), ("protocols", "invariant-copy"), ("datasets", "visa-copy"), ("weights", "probe-weights")):

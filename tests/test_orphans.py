@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import probe_method as probe_module
-from m2ad import ownership
+from m2ad import ownership, processes
 from m2ad.run import RunConfig, run
 from m2ad.run import executors
 from m2ad.run.cell import TASKS_LOCK_FILE
@@ -138,3 +138,24 @@ def test_a_run_waits_for_the_tasks_of_a_killed_run(shards: Path, tmp_path: Path,
     holder.wait()
     assert result.ok and started_while_held == [False]
     assert ownership.wait_until_unheld(out / TASKS_LOCK_FILE, 0)
+
+
+def test_a_guardian_kills_what_it_marked_or_what_holds_its_folder_but_never_its_owner(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    with open(folder / "owner.log", "w"):  # the owner itself holds a file in the folder
+        guardian = processes.Guardian("test-marker", folder)
+        marked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # started with the marker
+        holder = subprocess.Popen([sys.executable, "-c", f"import time; handle = open({str(folder / 'x.log')!r}, 'w'); print('open', flush=True); "
+                                   "time.sleep(120)"], env={key: value for key, value in os.environ.items()
+                                                            if key != processes.MARKER_VARIABLE}, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "open"
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                     env={key: value for key, value in os.environ.items() if key != processes.MARKER_VARIABLE})
+        guardian.close()
+    try:
+        assert marked.wait(timeout=10) == -signal.SIGKILL and holder.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None and processes.MARKER_VARIABLE not in os.environ
+    finally:
+        bystander.kill()
+        bystander.wait()

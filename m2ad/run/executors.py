@@ -334,7 +334,7 @@ def start_ray(config: RunConfig, run_dir: Path) -> RaySession:
     system_temp = Path(tempfile.gettempdir())
     ownership.remove_dead_temp_dirs(system_temp, f"{RAY_TEMP_PREFIX}*")
     temp_dir = ownership.claim_temp_dir(system_temp / f"{RAY_TEMP_PREFIX}{uuid.uuid4().hex[:12]}", run_dir)
-    guardian = Guardian(temp_dir.name)  # before ray.init: every process Ray starts is marked
+    guardian = Guardian(temp_dir.name, temp_dir)  # before ray.init: every process Ray starts is marked
     try:
         ray.init(
             num_cpus=config.local_num_cpus,
