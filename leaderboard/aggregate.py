@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import polars as pl
 
 import protocols
+from m2ad.datasets.registry import SYNTHETIC_SUFFIX
 from m2ad.metrics import registry as metric_registry
 from m2ad.text import printable
 
@@ -60,12 +61,16 @@ def filter_rows(
     metrics: list[str] | None = None,
     source: str | None = None,
     setting: str | None = None,
+    synthetic: bool = True,
 ) -> pl.DataFrame:
-    """The store rows matching every given filter (``None`` keeps everything)."""
+    """The store rows matching every given filter (``None`` keeps everything); ``synthetic=False``
+    drops the rows of synthetic datasets (``m2ad-synth`` and the other ``NAME-synth`` twins)."""
     for column, wanted in (("protocol", protocol), ("dataset", dataset), ("resolution", resolution), ("source", source),
                            ("setting", setting)):
         if wanted is not None:
             frame = frame.filter(pl.col(column) == wanted)
+    if not synthetic:
+        frame = frame.filter(~pl.col("dataset").str.ends_with(SYNTHETIC_SUFFIX))
     if metrics:
         frame = frame.filter(pl.col("metric").is_in(metrics))
     return frame

@@ -125,3 +125,13 @@ def seed(store: Store) -> int:
     table = to_table(paper_rows())
     store.put_entries(table)
     return table.num_rows
+
+
+def seed_if_new(store: Store) -> bool:
+    """Give a store that was never written the paper rows, so that a new leaderboard shows the
+    published tables at once (the CLI calls this before reading, and after a first submission);
+    True if it did.  A store that exists is left as it is: removed paper entries stay removed."""
+    if store.exists():
+        return False
+    seed(store)
+    return True

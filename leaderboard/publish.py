@@ -28,6 +28,9 @@ from leaderboard.render import render_site
 from leaderboard.store import METADATA_KEY, SCHEMA, SCHEMA_VERSION
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+DEFAULT_LICENSE = "apache-2.0"
+"""The card's ``license`` (a Hub licence id): the licence of m2ad and of the M2AD release."""
 
 M2AD_BIBTEX = """@article{cao2025m2ad,
   title   = {Visual Anomaly Detection under Complex View-Illumination Interplay: A Large-Scale Benchmark},
@@ -39,6 +42,7 @@ M2AD_BIBTEX = """@article{cao2025m2ad,
 
 _CARD_HEADER = """---
 pretty_name: M2AD leaderboard
+license: {license}
 tags:
 - anomaly-detection
 - leaderboard
@@ -64,10 +68,17 @@ def check_repo_id(repo: str) -> str:
     return repo
 
 
-def dataset_card(summary: pl.DataFrame) -> str:
-    """The dataset card: YAML configs for the viewer, the tables (escaped markdown), citation."""
+def check_license(license_id: str) -> str:
+    """``license_id`` if it looks like a Hub licence id (``apache-2.0``, ``cc-by-4.0``, ``other``), else a :class:`PublishError`."""
+    if not LICENSE_ID.fullmatch(license_id):
+        raise PublishError(f"--license must be a Hugging Face licence id such as apache-2.0, cc-by-4.0 or other, not {license_id!r}")
+    return license_id
+
+
+def dataset_card(summary: pl.DataFrame, license_id: str = DEFAULT_LICENSE) -> str:
+    """The dataset card: YAML licence and configs for the viewer, the tables (escaped markdown), citation."""
     return (
-        _CARD_HEADER
+        _CARD_HEADER.format(license=check_license(license_id))
         + "\n# M2AD leaderboard\n\n"
         "Results on [M2AD](https://arxiv.org/abs/2505.10996) (multi-view, multi-illumination anomaly detection) "
         "collected by the `m2ad` toolkit: runs, submissions (`m2ad submit`) and the published paper tables.\n\n"
@@ -80,14 +91,17 @@ def dataset_card(summary: pl.DataFrame) -> str:
         "for INP-Former's mean).\n\n"
         "## Leaderboard (percent, mean over categories)\n\n"
         + to_markdown(summary, heading_level=3)
+        + f"\n## License\n\nThis leaderboard (its tables, rows and rendered site) is published under `{license_id}`. "
+        "The paper rows restate results published in the M2AD paper: cite it (below) when you use them.\n"
         + "\n## Citation\n\n```bibtex\n"
         + M2AD_BIBTEX
         + "\n```\n"
     )
 
 
-def build_folder(rows: pl.DataFrame, out: str | Path) -> Path:
+def build_folder(rows: pl.DataFrame, out: str | Path, license_id: str = DEFAULT_LICENSE) -> Path:
     """Write the exact folder that :func:`publish` uploads into ``out`` (must be empty or new)."""
+    check_license(license_id)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise PublishError(f"{out} is not empty; give a new or empty folder")
@@ -99,14 +113,15 @@ def build_folder(rows: pl.DataFrame, out: str | Path) -> Path:
     summary = summarize(rows)
     summary.write_parquet(out / "data" / "summary.parquet", compression="zstd")
     render_site(rows, out / "site")
-    (out / "README.md").write_text(dataset_card(summary), encoding="utf-8")
+    (out / "README.md").write_text(dataset_card(summary, license_id), encoding="utf-8")
     return out
 
 
-def publish(rows: pl.DataFrame, repo: str, *, private: bool = False, token: str | None = None) -> str:
+def publish(rows: pl.DataFrame, repo: str, *, private: bool = False, token: str | None = None, license_id: str = DEFAULT_LICENSE) -> str:
     """Create (if needed) the dataset repository ``repo`` and upload the leaderboard folder in
     one commit; returns the commit URL.  Fails fast and clearly when offline or without a token."""
     check_repo_id(repo)
+    check_license(license_id)
     import httpx2  # huggingface_hub's HTTP client: its transport errors mean "unreachable"
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
@@ -120,7 +135,7 @@ def publish(rows: pl.DataFrame, repo: str, *, private: bool = False, token: str 
     workdir = Path(tempfile.mkdtemp(prefix="m2ad-publish-"))
     try:
         api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)  # first: fails fast offline
-        folder = build_folder(rows, workdir / "upload")
+        folder = build_folder(rows, workdir / "upload", license_id)
         commit = api.upload_folder(
             repo_id=repo, repo_type="dataset", folder_path=folder, commit_message="Update the M2AD leaderboard"
         )

@@ -8,6 +8,10 @@ in the page, :func:`leaderboard.aggregate.escape_markdown` in the markdown copy 
 :func:`_plain` in figure labels (matplotlib would otherwise read ``$...$`` as math).  Figure file names are
 numbered, never derived from user strings.
 
+Layout: every table sits in a horizontally scrolling box, so a wide table never widens the
+page; the note column keeps a readable width; the bar charts' legend sits beside the bars; the
+view x illumination grids of a page share one colour scale (so their colours compare).
+
 Clicking a header sorts its table; a link ending in ``#sort=<column>`` opens the page sorted by
 that column.  After load the script marks ``<body>`` with ``data-sortable-ready`` (handlers
 attached) and ``data-images-loaded`` (every figure decoded), which the browser test checks.
@@ -16,6 +20,7 @@ attached) and ``data-images-loaded`` (every figure decoded), which the browser t
 from __future__ import annotations
 
 import html
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +52,12 @@ PAGE_TITLE = "M2AD leaderboard"
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; }
+.scroll { overflow-x: auto; max-width: 100%; margin: 1rem 0; }
+table { border-collapse: collapse; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; vertical-align: top; }
+#entries td { white-space: nowrap; }
+#notes li { margin: 0.3rem 0; max-width: 60rem; line-height: 1.4; }
+td a, td code { overflow-wrap: anywhere; }
 th { background: #f2f2f2; cursor: pointer; user-select: none; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
@@ -56,7 +65,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { font-weight: bold; color: #0a6b2d; }
 figure { margin: 1rem 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
-.note { color: #555; font-size: 0.85rem; }
+.note { color: #444; font-size: 0.85rem; }
 """
 
 _SCRIPT = """
@@ -141,7 +150,7 @@ def _save(figure: MatplotlibFigure, path: Path) -> None:
     os.replace(temp, path)
 
 
-def _bar_chart(part: pl.DataFrame, path: Path, title: str) -> None:
+def bar_chart_figure(part: pl.DataFrame, title: str) -> MatplotlibFigure:
     """Grouped bars: one group per entry, one bar per metric (mean over categories, %)."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -158,18 +167,21 @@ def _bar_chart(part: pl.DataFrame, path: Path, title: str) -> None:
     axes.set_ylabel("mean over categories (%)")
     axes.set_ylim(0, 100)
     axes.set_title(_plain(title))
-    axes.legend(fontsize="small", loc="lower right")
-    _save(figure, path)
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside the bars, never on them
+    return figure
 
 
-def _heatmap(matrix: list[list[float]], rows: list[str], columns: list[str], path: Path, title: str) -> None:
-    """A labelled heatmap of percentages (NaN cells left blank)."""
+def _heatmap(matrix: list[list[float]], rows: list[str], columns: list[str], path: Path, title: str,
+             scale: tuple[float, float] | None = None) -> None:
+    """A labelled heatmap of percentages (NaN cells left blank), coloured over ``scale`` (default:
+    its own lowest value to 100)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     data = np.array(matrix, dtype=float)
+    low, high = scale or (float(np.nanmin(data)) if np.isfinite(data).any() else 0.0, 100.0)
     figure, axes = plt.subplots(figsize=(max(5.0, 0.7 * len(columns) + 3), max(2.5, 0.45 * len(rows) + 1.5)))
-    image = axes.imshow(data, cmap="viridis", vmin=np.nanmin(data) if np.isfinite(data).any() else 0, vmax=100, aspect="auto")
+    image = axes.imshow(data, cmap="viridis", vmin=low, vmax=high, aspect="auto")
     axes.set_xticks(range(len(columns)), [_plain(name) for name in columns], rotation=45, ha="right")
     axes.set_yticks(range(len(rows)), [_plain(name) for name in rows])
     for (y, x), value in np.ndenumerate(data):
@@ -208,8 +220,18 @@ def _grid_metric(rows: pl.DataFrame) -> str | None:
     return aurocs[0] if aurocs else None
 
 
-def _view_illumination_grid(rows: pl.DataFrame, entry: dict, path: Path) -> str | None:
-    """Views x illuminations AUROC grid (mean over categories) of one entry, if it has one."""
+@dataclass(frozen=True)
+class Grid:
+    """One entry's views x illuminations AUROC grid (mean over categories, %)."""
+
+    metric: str
+    views: list[str]
+    lights: list[str]
+    matrix: list[list[float]]
+
+
+def view_illumination_grid(rows: pl.DataFrame, entry: dict) -> Grid | None:
+    """The grid of one entry, if it has breakdown rows."""
     grid_rows = rows.filter(
         (pl.col("entry_id") == entry["entry_id"]) & pl.col("view").is_not_null() & pl.col("illumination").is_not_null()
     )
@@ -221,8 +243,14 @@ def _view_illumination_grid(rows: pl.DataFrame, entry: dict, path: Path) -> str 
     lights = sorted(means["illumination"].unique().to_list())
     lookup = {(v, i): value for v, i, value in means.iter_rows()}
     matrix = [[float("nan") if lookup.get((v, i)) is None else 100.0 * lookup[(v, i)] for i in lights] for v in views]
-    _heatmap(matrix, [f"view {v}" for v in views], [f"illum. {i}" for i in lights], path, f"{_entry_label(entry)} — {metric}")
-    return metric
+    return Grid(metric, views, lights, matrix)
+
+
+def shared_scale(grids: list[Grid]) -> tuple[float, float]:
+    """One colour scale for every grid of a page: the lowest value of any of them (floored to a
+    multiple of 5) to 100 %."""
+    values = [value for grid in grids for row in grid.matrix for value in row if value == value]
+    return (5.0 * math.floor(min(values) / 5.0) if values else 0.0, 100.0)
 
 
 def render_figures(rows: pl.DataFrame, summary: pl.DataFrame, out: Path) -> dict[int, list[Figure]]:
@@ -235,22 +263,30 @@ def render_figures(rows: pl.DataFrame, summary: pl.DataFrame, out: Path) -> dict
     for stale in (out / FIGURES_DIR).glob("table*.png"):  # from an earlier render of this folder
         stale.unlink()
     figures: dict[int, list[Figure]] = {}
-    for index, (key, part) in enumerate(split_tables(summary)):
+    tables = list(split_tables(summary))
+    grids = {(index, number): grid for index, (_, part) in enumerate(tables) for number, entry in enumerate(part.iter_rows(named=True))
+             if (grid := view_illumination_grid(rows, entry)) is not None}
+    scale = shared_scale(list(grids.values()))
+    for index, (key, part) in enumerate(tables):
         title = table_title(key)
         table_rows = rows.filter(pl.col("entry_id").is_in(part["entry_id"].implode()))
         found = []
         bars = f"{FIGURES_DIR}/table{index:02d}-bars.png"
-        _bar_chart(part, out / bars, title)
+        _save(bar_chart_figure(part, title), out / bars)
         found.append(Figure(bars, f"Mean over categories per method — {title}"))
         heatmap = f"{FIGURES_DIR}/table{index:02d}-categories.png"
         metric = _category_heatmap(table_rows, part, out / heatmap, title)
         if metric:
             found.append(Figure(heatmap, f"Per-category {metric} — {title}"))
         for number, entry in enumerate(part.iter_rows(named=True)):
-            grid = f"{FIGURES_DIR}/table{index:02d}-entry{number:02d}-grid.png"
-            metric = _view_illumination_grid(table_rows, entry, out / grid)
-            if metric:
-                found.append(Figure(grid, f"View × illumination {metric} — {_entry_label(entry)}"))
+            grid = grids.get((index, number))
+            if grid is None:
+                continue
+            name = f"{FIGURES_DIR}/table{index:02d}-entry{number:02d}-grid.png"
+            _heatmap(grid.matrix, [f"view {v}" for v in grid.views], [f"illum. {i}" for i in grid.lights], out / name,
+                     f"{_entry_label(entry)} — {grid.metric}", scale)
+            found.append(Figure(name, f"View × illumination {grid.metric} — {_entry_label(entry)} "
+                                      f"(colour scale {scale[0]:.0f}–{scale[1]:.0f} %, shared by every grid on this page)"))
         figures[index] = found
     return figures
 
@@ -274,28 +310,45 @@ def _html_table(part: pl.DataFrame) -> str:
             else:
                 cells.append(f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _html_entries(rows: pl.DataFrame) -> str:
-    """Provenance of every entry: who, when, from what, and the citation or link."""
-    columns = ["method", "variant", "backbone", "source", "setting", "shots", "train_dataset", "protocol_version", "submitter", "date", "code_version", "hardware", "predictions_sha256", "citation", "note"]
-    entries = rows.group_by("entry_id", maintain_order=True).agg([pl.col(name).first() for name in columns])
+    """Provenance of every entry: who, when, from what, the citation or link, and its note.
+
+    Columns no entry fills are left out.  Notes are long and shared (every paper row carries
+    the same caveats) and may differ between an entry's categories, so the table gives each
+    entry the numbers of its distinct notes and the notes follow as a full-width numbered list:
+    readable, and the table stays narrow."""
+    columns = ["method", "variant", "backbone", "source", "setting", "shots", "train_dataset", "protocol_version", "submitter", "date",
+               "code_version", "hardware", "predictions_sha256", "citation", "note"]
+    entries = rows.group_by("entry_id", maintain_order=True).agg(
+        [pl.col(name).first() for name in columns if name != "note"] + [pl.col("note").drop_nulls().unique(maintain_order=True)]
+    ).sort(["source", "method"])
+    filled = {name: entries[name].list.len().sum() if name == "note" else entries.height - entries[name].null_count() for name in columns}
+    columns = [name for name in columns if filled[name]]
+    notes = list(dict.fromkeys(printable(note) for entry_notes in entries["note"].to_list() for note in entry_notes))
     head = "".join(f'<th scope="col">{html.escape(name)}</th>' for name in ["entry_id", *columns])
     body = []
-    for entry in entries.sort(["source", "method"]).iter_rows(named=True):
+    for entry in entries.iter_rows(named=True):
         cells = []
         for name in ["entry_id", *columns]:
             value = entry[name]
-            text = "" if value is None else printable(value)
+            if name == "note":
+                numbers = [notes.index(printable(note)) + 1 for note in value]
+                cells.append(f'<td class="num" data-value="{numbers[0] if numbers else ""}">{", ".join(map(str, numbers))}</td>')
+                continue
+            text = "" if value is None else value.date().isoformat() if name == "date" else printable(value)
             if name == "citation" and text and _safe_href(text):
                 cells.append(f'<td><a href="{html.escape(text, quote=True)}" rel="nofollow noopener">{html.escape(text)}</a></td>')
             elif name == "predictions_sha256" and text:
                 cells.append(f'<td title="{html.escape(text, quote=True)}"><code>{html.escape(text[:12])}</code></td>')
             else:
-                cells.append(f'<td class="{"note" if name == "note" else ""}">{html.escape(text)}</td>')
+                cells.append(f"<td>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="sortable" id="entries"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    listed = "".join(f'<li class="note">{html.escape(note)}</li>' for note in notes)
+    return (f'<div class="scroll"><table class="sortable" id="entries"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>' + (f'<h3>Notes</h3><ol id="notes">{listed}</ol>' if notes else ""))
 
 
 def render_html(rows: pl.DataFrame, summary: pl.DataFrame, figures: dict[int, list[Figure]]) -> str:

@@ -230,6 +230,10 @@ class Store:
             if folder.exists() and not folder.is_dir():
                 raise StoreError(f"{folder} is not a folder, so it cannot hold a leaderboard store")
 
+    def exists(self) -> bool:
+        """Whether anything was ever written to this store (its data folder exists)."""
+        return self.data_dir.is_dir()
+
     @classmethod
     def open(cls, store: str | Path | None = None) -> Store:
         """The store at ``store``, ``$M2AD_LEADERBOARD`` or the default folder, in that order."""

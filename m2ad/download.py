@@ -156,8 +156,9 @@ def _describe(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-def preflight(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Open and close a TCP connection to ``url``'s host, failing fast with a clear message."""
+def preflight(url: str, timeout: float = CONNECT_TIMEOUT_S, mirror_hint: str = "pass --source with a folder (or mirror URL) that holds them") -> None:
+    """Open and close a TCP connection to ``url``'s host, failing fast with a clear message
+    (``mirror_hint``: how the calling command takes another source)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DownloadError(f"not an http(s) URL: {_describe(url)}")
@@ -167,8 +168,7 @@ def preflight(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     except OSError as error:
         raise DownloadError(
             f"cannot reach {parts.hostname}:{port} ({error.__class__.__name__}: {error.strerror or error}). "
-            "Check the network connection, or download the files by other means and pass "
-            "--source with a folder (or mirror URL) that holds them."
+            f"Check the network connection, or download the files by other means and {mirror_hint}."
         ) from None
 
 

@@ -34,10 +34,15 @@ DEFAULT_SYNTH_OPTIONS: dict[str, Any] = {
 (per category 720 train and 1,680 test images); about a minute to build on 2 cores."""
 
 
+def default_dataset_dir(cache_dir: Path | None = None) -> Path:
+    """Where the sharded default dataset is (or will be, once built): an absolute path."""
+    return ((Path(cache_dir) if cache_dir is not None else files.cache_dir()) / "datasets" / DEFAULT_NAME).absolute()
+
+
 def ensure_default_dataset(cache_dir: Path | None = None, progress: bool = True) -> Path:
     """Return the sharded default synthetic M2AD, generating and sharding it on first use."""
-    datasets_dir = (Path(cache_dir) if cache_dir is not None else files.cache_dir()) / "datasets"
-    final = datasets_dir / DEFAULT_NAME
+    final = default_dataset_dir(cache_dir)
+    datasets_dir = final.parent
     if (final / INFO_FILE).is_file():
         return final
     datasets_dir.mkdir(parents=True, exist_ok=True)

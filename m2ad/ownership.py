@@ -17,6 +17,9 @@ taken for dead (nothing here can tell).
   heuristics; the refusal names the live holder; the lock file is removed on release (under
   the lock, and every acquirer checks that it locked the file still at that path, so a
   removed file never lets two processes in).
+- :func:`shared_lock` and :func:`wait_until_unheld`: any number of processes hold a shared
+  ``flock`` on a file that is never removed (the tasks of a run), and one waits until none does
+  (a new run, so that no task of a killed run still writes next to its own).
 - :func:`temp_file_name` names a temporary file after its owner
   (``.<final>.<pid>-<start>@<host>.tmp``), so that :func:`remove_dead_temp_files` can delete
   those of dead owners and never a live writer's.
@@ -24,6 +27,7 @@ taken for dead (nothing here can tell).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -33,6 +37,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -309,3 +314,35 @@ class ExclusiveLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def shared_lock(path: str | Path) -> Iterator[None]:
+    """Hold a shared ``flock`` on ``path`` (created if missing, never removed) during the block;
+    the kernel drops it when this process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def wait_until_unheld(path: str | Path, timeout: float) -> bool:
+    """Wait until no process holds a lock on ``path`` (an exclusive ``flock``, taken and dropped
+    at once); False when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+    finally:
+        os.close(fd)

@@ -17,11 +17,20 @@ column          type         meaning
 The file's key-value metadata ``m2ad.predictions`` holds JSON:
 ``{"format_version": 1, "map_dtype": "float16" | "float32", ...free provenance...}``.
 
+Integrity: files written here carry a CRC-32 in every data page's header (Parquet page
+checksums) and ``m2ad.predictions.sha256``, the sha256 of the ``m2ad.predictions`` JSON.  Reading
+verifies both where present (files from other writers may lack them, and are read as they are),
+so a file whose pages or header were damaged is refused (``PredictionsError``, kind ``corrupt
+file``), never read as different numbers; and anything pyarrow cannot read is the same one-line
+refusal, never a traceback.
+
 Nothing here uses pickle: maps are raw numeric bytes, metadata is JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -39,6 +48,10 @@ from m2ad.metrics import all_finite
 
 FORMAT_VERSION = 1
 METADATA_KEY = "m2ad.predictions"
+CHECKSUM_KEY = "m2ad.predictions.sha256"
+"""Key-value metadata: the hex sha256 of the ``METADATA_KEY`` JSON (optional for other writers)."""
+WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
+"""``pyarrow.parquet.ParquetWriter`` options of every predictions file m2ad writes."""
 MAP_DTYPES = ("float16", "float32")
 SCHEMA = pa.schema(
     [
@@ -74,13 +87,13 @@ class PredictionsError(ValueError):
         self.problems = {kind: list(items) for kind, items in problems.items()}
         self.counts = dict(counts or {kind: len(items) for kind, items in problems.items()})
         where = f"{self.path}: " if self.path is not None else ""
-        lines = [f"{where}invalid predictions"]
+        parts = []
         for kind, items in self.problems.items():
             total = self.counts.get(kind, len(items))
-            shown = ", ".join(items[:MAX_LISTED])
+            shown = ", ".join(" ".join(str(item).split()) for item in items[:MAX_LISTED])
             more = f" (and {total - min(total, MAX_LISTED)} more)" if total > MAX_LISTED else ""
-            lines.append(f"  {kind} [{total}]: {shown}{more}")
-        super().__init__("\n".join(lines))
+            parts.append(f"{kind} [{total}]: {shown}{more}")
+        super().__init__(f"{where}invalid predictions: " + "; ".join(parts))  # one line, however many problems
 
 
 @dataclass(frozen=True)
@@ -143,11 +156,11 @@ class PredictionsWriter:
             header_json = json.dumps(header, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as error:
             raise ValueError(f"predictions metadata must be plain JSON: {error}") from None
-        self._schema = SCHEMA.with_metadata({METADATA_KEY: header_json})
+        self._schema = SCHEMA.with_metadata(file_metadata(header_json))
         self._row_group_bytes = row_group_bytes
         self._temporary = _temporary_name(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._temporary, self._schema, compression="zstd")
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._temporary, self._schema, **WRITE_OPTIONS)
         self._seen: set[str] = set()
         self._has_maps: bool | None = None
         self._pending: list[pa.RecordBatch] = []
@@ -270,6 +283,22 @@ class PredictionsWriter:
             self.abort()
 
 
+def file_metadata(header_json: str) -> dict[str, str]:
+    """The key-value metadata of a predictions file with this header: the header and its sha256."""
+    return {METADATA_KEY: header_json, CHECKSUM_KEY: hashlib.sha256(header_json.encode()).hexdigest()}
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Whatever pyarrow cannot read (a failed page checksum, a truncated or damaged file)
+    becomes one :class:`PredictionsError` line naming the file."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError) as error:
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise PredictionsError(path, {"corrupt file": [f"{first_line} (the file is damaged; write it again)"]}) from None
+
+
 def as_map_dtype(maps: np.ndarray, map_dtype: str) -> np.ndarray:
     """``maps`` in ``map_dtype`` (no copy when they already are).
 
@@ -343,17 +372,22 @@ def _open(path: str | Path) -> pq.ParquetFile:
     except UnicodeEncodeError:  # a name that is not UTF-8: pyarrow cannot take it, Python's open can
         source = open(path, "rb")  # noqa: SIM115 (kept open by the ParquetFile, as a path would be)
     try:
-        return pq.ParquetFile(source)
-    except (pa.ArrowException, OSError) as error:
+        return pq.ParquetFile(source, page_checksum_verification=True)
+    except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError) as error:
         if source is not path:
             source.close()
         raise PredictionsError(path, {"not a Parquet file": [str(error).splitlines()[0] if str(error) else type(error).__name__]}) from None
 
 
 def _read_header(path: Path, parquet: pq.ParquetFile) -> dict[str, Any]:
-    raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY.encode())
+    with _reading(path):
+        metadata = parquet.schema_arrow.metadata or {}
+    raw = metadata.get(METADATA_KEY.encode())
     if raw is None:
         raise PredictionsError(path, {"missing metadata": [f"no '{METADATA_KEY}' key in the Parquet key-value metadata"]})
+    checksum = metadata.get(CHECKSUM_KEY.encode())
+    if checksum is not None and hashlib.sha256(raw).hexdigest().encode() != checksum:
+        raise PredictionsError(path, {"corrupt file": [f"its '{METADATA_KEY}' metadata does not match its sha256 (the file is damaged)"]})
     try:
         header = json.loads(raw)
     except ValueError as error:
@@ -400,7 +434,8 @@ class PredictionsFile:
         self.path = Path(path)
         self._parquet = _open(self.path)
         self.header = _read_header(self.path, self._parquet)
-        _check_columns(self.path, self._parquet)
+        with _reading(self.path):
+            _check_columns(self.path, self._parquet)
         self.map_dtype: str = self.header["map_dtype"]
         self._dtype = _check_map_dtype(self.map_dtype)
         self._index: dict[str, int] | None = None
@@ -417,15 +452,17 @@ class PredictionsFile:
 
     def info(self) -> PredictionsInfo:
         """The header and shape of the file (reads the ``map`` validity, not the map bytes)."""
-        maps_present = self._parquet.read(columns=["map_height"]).column(0).null_count < self.num_rows
+        with _reading(self.path):
+            maps_present = self._parquet.read(columns=["map_height"]).column(0).null_count < self.num_rows
         provenance = {key: value for key, value in self.header.items() if key not in ("format_version", "map_dtype")}
         return PredictionsInfo(self.path, self.header["format_version"], self.map_dtype, self.num_rows,
                                bool(self.num_rows and maps_present), provenance)
 
     def ids_and_scores(self) -> tuple[list[str], np.ndarray]:
         """All sample ids and scores in file order (no map bytes are read)."""
-        table = self._parquet.read(columns=["sample_id", "score"])
-        return table.column("sample_id").to_pylist(), table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+        with _reading(self.path):
+            table = self._parquet.read(columns=["sample_id", "score"])
+            return table.column("sample_id").to_pylist(), table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
 
     def row_group_row_counts(self) -> list[int]:
         """Rows per row group, in order."""
@@ -454,7 +491,8 @@ class PredictionsFile:
     def read_row_group(self, index: int, *, with_maps: bool = True) -> PredictionBatch:
         """One row group, decoded (maps as float32 arrays)."""
         columns = list(SCHEMA.names) if with_maps else ["sample_id", "score"]
-        table = self._parquet.read_row_group(index, columns=columns)
+        with _reading(self.path):
+            table = self._parquet.read_row_group(index, columns=columns)
         if not with_maps:
             return PredictionBatch(table.column("sample_id").to_pylist(),
                                    table.column("score").to_numpy(zero_copy_only=False).astype(np.float64), None)
@@ -465,12 +503,17 @@ class PredictionsFile:
         """Stream the file (or only the given row groups) in order, ``batch_size`` rows at a
         time, maps decoded to float32 arrays."""
         columns = list(SCHEMA.names) if with_maps else ["sample_id", "score"]
-        for record_batch in self._parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=row_groups):
+        for record_batch in self._record_batches(batch_size, columns, row_groups):
             if with_maps:
                 yield self._decode(record_batch)
             else:
                 yield PredictionBatch(record_batch.column("sample_id").to_pylist(),
                                       record_batch.column("score").to_numpy(zero_copy_only=False).astype(np.float64), None)
+
+    def _record_batches(self, batch_size: int, columns: list[str], row_groups: Sequence[int] | None = None) -> Iterator[pa.RecordBatch]:
+        """pyarrow's batches of the file, with read failures as one-line ``PredictionsError``s."""
+        with _reading(self.path):
+            yield from self._parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=row_groups)
 
     def lookup(self, sample_ids: Iterable[str]) -> PredictionBatch:
         """The rows of the given ids, in the order asked (reads only the row groups involved)."""
@@ -550,8 +593,9 @@ def validate(path: str | Path, expected: Mapping[str, tuple[int, int] | None], *
     itemsize = handle._dtype.itemsize
     offenders = _Offenders()
     seen: set[str] = set()
-    with_map = without_map = 0
-    for batch in handle._parquet.iter_batches(batch_size=256, columns=list(SCHEMA.names)):
+    with_map = without_map = rows_read = 0
+    for batch in handle._record_batches(256, list(SCHEMA.names)):
+        rows_read += batch.num_rows
         ids = batch.column("sample_id").to_pylist()
         scores = batch.column("score").to_pylist()
         validity, offsets, data = _map_buffers(batch.column("map"))
@@ -587,6 +631,9 @@ def validate(path: str | Path, expected: Mapping[str, tuple[int, int] | None], *
             finite = finite_rows[row] if finite_rows is not None else _finite(data[offsets[row]:offsets[row + 1]].view(handle._dtype))
             if not finite:
                 offenders.add("NaN or inf in maps", sample_id)
+    if rows_read != handle.num_rows:  # a damaged page header can make pyarrow read fewer rows quietly
+        raise PredictionsError(path, {"corrupt file": [f"{rows_read} rows read of the {handle.num_rows} its footer declares "
+                                                       "(the file is damaged; write it again)"]})
     missing = [sample_id for sample_id in expected if sample_id not in seen]
     for sample_id in missing:
         offenders.add("missing ids", sample_id)
@@ -601,6 +648,6 @@ def validate(path: str | Path, expected: Mapping[str, tuple[int, int] | None], *
 
 
 __all__ = [
-    "FORMAT_VERSION", "MAP_DTYPES", "METADATA_KEY", "SCHEMA", "PredictionBatch", "PredictionsError", "PredictionsFile",
+    "CHECKSUM_KEY", "FORMAT_VERSION", "MAP_DTYPES", "METADATA_KEY", "SCHEMA", "WRITE_OPTIONS", "file_metadata", "PredictionBatch", "PredictionsError", "PredictionsFile",
     "PredictionsInfo", "PredictionsWriter", "read", "size_cap", "validate", "write",
 ]

@@ -32,16 +32,16 @@ The dataset writers (``m2ad.datasets.<name>.fixture``) decide names, layout and 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from m2ad.processes import process_pool
 
 SHAPES = ("Cube", "Dice", "Ring", "Tube")
 DEFECT_TOKENS = ("abrasion", "damage", "hole", "scratch", "stain")
@@ -586,8 +586,7 @@ def run_tasks(function: Callable[[Task], Any], tasks: Sequence[Task], *, workers
                 results.append(function(task))
                 bar.advance(job)
             return results
-        # forkserver: never fork a parent that may run Ray or torch threads.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        with process_pool(workers) as pool:  # safe from a plain script; workers die with this process
             for result in pool.map(function, tasks):
                 results.append(result)
                 bar.advance(job)

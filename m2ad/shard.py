@@ -63,7 +63,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -103,6 +103,7 @@ from m2ad.modalities.base import (
 )
 from m2ad.modalities.image import RESIZE as IMAGE_RESIZE
 from m2ad.modalities.mask import resize_mask_exact, resize_mask_official
+from m2ad.processes import process_pool
 from m2ad.schema import (
     CARD_FILE,
     FORMAT_VERSION,
@@ -479,7 +480,7 @@ class _Results:
     def __init__(self, source: TreeSource, workers: int) -> None:
         self.source = source
         self.workers = workers
-        self.pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(source,)) if workers > 1 else None
+        self.pool = process_pool(workers, initializer=_init_worker, initargs=(source,)) if workers > 1 else None
 
     def map(self, groups: Iterable[list[ReleaseRecord]], job: _Job) -> Iterator[_SpecimenResult]:
         if self.pool is None:

@@ -235,7 +235,7 @@ def test_cli_writes_json_and_fails_cleanly(dataset: dict, tmp_path: Path) -> Non
     assert failed.exit_code == 1 and "unknown ids [1]" in failed.output and "missing ids" in failed.output
     missing = runner.invoke(app, ["evaluate", "--protocol", "invariant", "--data", str(dataset["root"]),
                                   "--predictions", str(tmp_path / "absent.parquet")])
-    assert missing.exit_code == 1 and "not found" in missing.output
+    assert missing.exit_code == 2 and "no such predictions file" in missing.output
 
 
 @pytest.mark.parametrize(("protocol", "mode"), [("invariant", "streaming"), ("invariant", "compat"),

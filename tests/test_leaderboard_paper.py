@@ -3,6 +3,7 @@ mapped to our metric names as fractions, with the known anomalies noted."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -77,3 +78,31 @@ def test_seeding_is_idempotent_and_shows_the_paper_means(tmp_path: Path) -> None
     for metric in paper.PAPER_METRICS:
         assert abs(100 * dinomaly[metric] - printed[metric]) <= 0.1
         assert dinomaly[f"rank_{metric}"] == 1  # the paper's best Synergy result
+
+
+def test_a_new_store_shows_the_paper_tables_and_source_still_filters(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from m2ad.cli import app
+
+    runner = CliRunner()
+    store = tmp_path / "fresh"
+    shown = runner.invoke(app, ["leaderboard", "show", "--store", str(store), "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    entries = {record["entry_id"] for record in json.loads(shown.stdout)}
+    assert entries == {paper.entry_id(method, resolution) for method in METHODS for resolution in ("256", "512")}
+    table = runner.invoke(app, ["leaderboard", "show", "--store", str(store), "--resolution", "512"], env={"COLUMNS": "300"})
+    assert table.exit_code == 0 and all(method in table.stdout for method in METHODS)
+    summary = summarize(Store(store).read())
+    dinomaly = summary.filter((summary["method"] == "Dinomaly") & (summary["resolution"] == "512")).row(0, named=True)
+    assert f"{100 * dinomaly['object_auroc']:.1f}" in table.stdout
+    assert json.loads(runner.invoke(app, ["leaderboard", "show", "--store", str(store), "--source", "paper", "--format", "json"]).stdout)
+    for other in ("run", "submission"):
+        only = runner.invoke(app, ["leaderboard", "show", "--store", str(store), "--source", other, "--format", "json"])
+        assert only.exit_code == 0 and json.loads(only.stdout) == []
+    # a store that exists keeps what its owner did with it: a removed paper entry stays removed
+    removed = runner.invoke(app, ["leaderboard", "remove", paper.entry_id("CDO", "256"), "--store", str(store)])
+    assert removed.exit_code == 0, removed.output
+    again = runner.invoke(app, ["leaderboard", "show", "--store", str(store), "--format", "json"])
+    assert paper.entry_id("CDO", "256") not in {record["entry_id"] for record in json.loads(again.stdout)}
+    assert len(json.loads(again.stdout)) == len(entries) - 1

@@ -58,6 +58,7 @@ def test_dry_run_writes_the_folder_with_a_card_the_hub_viewer_understands(store_
     for data_file in configs.values():
         assert (out / data_file).is_file()
     assert "@article{cao2025m2ad" in card.text and "arXiv:2505.10996" in card.text
+    assert card.data.license == "apache-2.0" and "## License" in card.text
     rows = pl.read_parquet(out / "data/leaderboard.parquet")
     assert rows.sort(["entry_id", "category", "metric"]).equals(Store(store_dir).read().sort(["entry_id", "category", "metric"]))
     assert pl.read_parquet(out / "data/summary.parquet").height == 10  # 5 methods x 2 resolutions
@@ -121,5 +122,18 @@ def test_bad_repo_and_empty_store_are_refused(tmp_path: Path) -> None:
     runner = CliRunner()
     bad = runner.invoke(app, ["leaderboard", "publish", "--repo", "../etc", "--dry-run", "--store", str(tmp_path)])
     assert bad.exit_code == 1 and "ORG/NAME" in " ".join(bad.output.split())
-    empty = runner.invoke(app, ["leaderboard", "publish", "--repo", "a/b", "--dry-run", "--store", str(tmp_path / "none")])
+    (tmp_path / "emptied" / "data").mkdir(parents=True)  # a store whose every entry was removed (a new one has the paper rows)
+    empty = runner.invoke(app, ["leaderboard", "publish", "--repo", "a/b", "--dry-run", "--store", str(tmp_path / "emptied")])
     assert empty.exit_code == 1 and "empty" in " ".join(empty.output.split())
+
+
+def test_the_card_licence_is_chosen_with_license(store_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    chosen = runner.invoke(app, ["leaderboard", "publish", "--repo", "m2ad/leaderboard", "--dry-run", "--out", str(tmp_path / "cc"),
+                                 "--store", str(store_dir), "--license", "cc-by-4.0"])
+    assert chosen.exit_code == 0, chosen.output
+    card = DatasetCard((tmp_path / "cc" / "README.md").read_text())
+    assert card.data.license == "cc-by-4.0" and "`cc-by-4.0`" in card.text
+    bad = runner.invoke(app, ["leaderboard", "publish", "--repo", "m2ad/leaderboard", "--dry-run", "--out", str(tmp_path / "bad"),
+                              "--store", str(store_dir), "--license", "Not: a licence"])
+    assert bad.exit_code == 1 and "--license must be" in " ".join(bad.output.split()) and not (tmp_path / "bad").exists()

@@ -61,7 +61,9 @@ def test_round_trip_submit_show_render_publish(shards: Path, prediction_file: Pa
     assert added.exit_code == 0, added.output
     assert "added entry submission/synergy/exact/" in said(added)
 
-    rows = Store(store).read()
+    everything = Store(store).read()
+    assert set(everything["source"]) == {"submission", "paper"}  # a new store comes with the paper tables
+    rows = everything.filter(pl.col("source") == "submission")
     reference = evaluate("synergy", shards, prediction_file, progress=False)
     per_category = rows.filter(pl.col("view").is_null() & pl.col("illumination").is_null())
     assert per_category.height == sum(len(metrics) for metrics in reference["categories"].values())
@@ -75,7 +77,7 @@ def test_round_trip_submit_show_render_publish(shards: Path, prediction_file: Pa
 
     shown = runner.invoke(app, ["leaderboard", "show", "--store", str(store), "--format", "json"])
     assert shown.exit_code == 0, shown.output
-    [entry] = json.loads(shown.stdout)
+    [entry] = [record for record in json.loads(shown.stdout) if record["source"] == "submission"]
     for metric, value in reference["mean"].items():
         assert entry[metric] == pytest.approx(value), metric  # show's mean over categories == evaluate's
         assert entry[f"rank_{metric}"] == 1
@@ -89,7 +91,7 @@ def test_round_trip_submit_show_render_publish(shards: Path, prediction_file: Pa
     out = tmp_path / "upload"
     published = runner.invoke(app, ["leaderboard", "publish", "--repo", "me/board", "--dry-run", "--out", str(out), "--store", str(store)])
     assert published.exit_code == 0, published.output
-    assert pl.read_parquet(out / "data" / "leaderboard.parquet").height == rows.height
+    assert pl.read_parquet(out / "data" / "leaderboard.parquet").height == everything.height
     assert (out / "site" / "index.html").read_text() == page
 
 
@@ -104,7 +106,7 @@ def test_duplicates_are_refused_unless_replace(shards: Path, prediction_file: Pa
     assert replaced.exit_code == 0, replaced.output
     assert "replaced" in said(replaced)
     after = Store(store).read()
-    assert after.height == before.height and set(after["variant"]) == {"second"}
+    assert after.height == before.height and set(after.filter(pl.col("source") == "submission")["variant"]) == {"second"}
     # another protocol is another entry, with the view x illumination breakdown of image AUROC
     other = runner.invoke(app, submit_args(prediction_file, shards, store, protocol="invariant"))
     assert other.exit_code == 0, other.output
@@ -152,7 +154,7 @@ def test_bad_arguments_are_clear_errors(shards: Path, prediction_file: Path, tmp
     unknown = runner.invoke(app, submit_args(prediction_file, shards, store, protocol="nonsense"))
     assert unknown.exit_code == 1 and "unknown protocol" in said(unknown)
     missing = runner.invoke(app, submit_args(tmp_path / "absent.parquet", shards, store))
-    assert missing.exit_code == 1 and "no such predictions file" in said(missing)
+    assert missing.exit_code == 2 and "no such predictions file" in said(missing)
     no_data = runner.invoke(app, submit_args(prediction_file, tmp_path, store))
     assert no_data.exit_code == 1 and "not a sharded m2ad dataset" in said(no_data)
     assert Store(store).read().is_empty()

@@ -181,7 +181,9 @@ def test_cli_list_fetch_import(cache: Path, server: str, tmp_path: Path, payload
     _register(monkeypatch, _closed_port_url(), sha256=payload[1])
     (cache / "test_model.pth").unlink()
     offline = runner.invoke(app, ["fetch", name, "--timeout", "5"])
-    assert offline.exit_code == 1 and "m2ad weights import" in offline.output.replace("\n", " ")
+    said = " ".join(offline.output.split())
+    assert offline.exit_code == 1 and "m2ad weights import" in said
+    assert f"m2ad weights fetch {name} --url URL" in said and "--source" not in said  # fetch's option is --url
     source = tmp_path / "copy.pth"
     source.write_bytes(payload[0])
     imported = runner.invoke(app, ["import", name, str(source)])
@@ -190,3 +192,74 @@ def test_cli_list_fetch_import(cache: Path, server: str, tmp_path: Path, payload
     bad.write_bytes(b"not the file")
     rejected = runner.invoke(app, ["import", name, str(bad)])
     assert rejected.exit_code == 1 and "sha256" in rejected.output
+
+
+class _Pickled:
+    """Not a tensor: torch.load(weights_only=True) refuses a file holding one."""
+
+
+def _import(cache: Path, monkeypatch: pytest.MonkeyPatch, path: Path, architecture=None):  # noqa: ANN001, ANN202
+    entry = weights.WeightsEntry(name="test_model", filename="test_model.pth", url=None, license="MIT", size="tiny",
+                                 description="test", architecture=architecture)  # no checksum published
+    monkeypatch.setitem(weights.REGISTRY, "test_model", entry)
+    return CliRunner().invoke(app, ["import", "test_model", str(path)], env={"COLUMNS": "400"})
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickle", "tensor", "wrapped"])
+def test_import_without_a_checksum_refuses_what_is_not_a_state_dict(content: str, cache: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "file.pth"
+    if content == "garbage":
+        path.write_bytes(b"definitely not a checkpoint" * 10)
+    elif content == "pickle":
+        torch.save({"weight": torch.zeros(2), "extra": _Pickled()}, path)
+    elif content == "tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        torch.save({"model": {"weight": torch.zeros(2)}}, path)
+    result = _import(cache, monkeypatch, path)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert str(path) in said and ("without pickle" in said or "not as a state dict" in said)
+    assert "weights_only=False" not in said  # never torch's advice to load pickles
+    assert not (cache / "test_model.pth").exists()
+
+
+def test_import_checks_names_and_shapes_against_the_architecture(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import save_file
+
+    def architecture() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+
+    good = architecture().state_dict()
+    cases = {
+        "wrong shapes": {**good, "0.weight": torch.zeros(2, 4)},
+        "missing": {key: value for key, value in good.items() if key != "1.running_var"},
+        "unexpected": {**good, "2.weight": torch.zeros(1)},
+    }
+    for problem, state in cases.items():
+        torch.save(state, tmp_path / f"{problem}.pth")
+        refused = _import(cache, monkeypatch, tmp_path / f"{problem}.pth", architecture)
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 1 and "is not a test_model checkpoint" in said and problem in said, said
+    torch.save({key: value for key, value in good.items() if not key.endswith("num_batches_tracked")}, tmp_path / "old.pth")
+    assert _import(cache, monkeypatch, tmp_path / "old.pth", architecture).exit_code == 0  # old torchvision files lack them
+    save_file({key: value.contiguous() for key, value in good.items()}, tmp_path / "good.safetensors")
+    imported = _import(cache, monkeypatch, tmp_path / "good.safetensors", architecture)
+    assert imported.exit_code == 0, imported.output
+    loaded = weights.load_state_dict("test_model")
+    assert loaded.keys() == good.keys() and all(torch.equal(loaded[key], good[key]) for key in good)
+
+
+def test_the_registry_architectures_fit_their_checkpoints(cache: Path, tmp_path: Path) -> None:
+    """Each entry's architecture is the network its backbone loads strictly: a checkpoint saved from
+    that network imports, and one of another size is refused."""
+    from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer
+
+    small = DinoVisionTransformer(VIT_PRESETS["vits14"]).state_dict()
+    torch.save(small, tmp_path / "vits14.pth")
+    assert weights.import_file("dinov2_vits14_reg4_pretrain", tmp_path / "vits14.pth").is_file()
+    with pytest.raises(weights.WeightsError, match="is not a dinov2_vitb14_reg4_pretrain checkpoint: .*wrong shapes"):
+        weights.import_file("dinov2_vitb14_reg4_pretrain", tmp_path / "vits14.pth")
+    for name, item in weights.REGISTRY.items():
+        assert item.architecture is not None or item.package, f"{name} has no architecture to check imports against"

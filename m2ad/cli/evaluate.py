@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from m2ad.cli._common import console, fail, split_names
+from m2ad.cli._common import PredictionsArgument, PredictionsOption, console, fail, predictions_path, split_names
 from m2ad.text import printable
 
 
@@ -133,7 +133,8 @@ def _command(arguments: dict[str, Any]) -> str:
 def evaluate(
     protocol: Annotated[str, typer.Option(help="Protocol: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
-    predictions: Annotated[Path, typer.Option(help="Predictions file (Parquet, see docs/predictions.md).")],
+    predictions_file: PredictionsArgument = None,
+    predictions: PredictionsOption = None,
     out: Annotated[Path | None, typer.Option(help="Write the full result (per category, mean, breakdown, counts) as JSON here.")] = None,
     mode: Annotated[str, typer.Option(help="Metric mode: exact, streaming (bounded memory), compat (the official M2AD evaluation, on the float64 maps of its CDO/RD++/Dinomaly/INP-Former trainers) or compat-float32 (on the float32 maps of its MSFlow trainer).")] = "exact",
     mask_rule: Annotated[str | None, typer.Option(help="GT masks: exact (no defect vanishes when resized) or official (eroded, labels recomputed from the masks, as the official M2AD evaluator). Default: official in the compat modes, else exact.")] = None,
@@ -146,6 +147,7 @@ def evaluate(
     from protocols import available
     from protocols.evaluate import check_per_sample_path, evaluate_predictions, write_per_sample
 
+    predictions = predictions_path(predictions_file, predictions, "evaluate")
     command = _command({"protocol": protocol, "data": data, "predictions": predictions, "out": out, "mode": mode, "mask_rule": mask_rule,
                         "categories": categories, "pro_limit": pro_limit, "per_image": per_image, "worst": worst})
     if protocol not in available():
@@ -167,6 +169,10 @@ def evaluate(
                                           per_sample=per_image is not None or worst is not None)
     except (ValueError, FileNotFoundError) as error:  # PredictionsError is a ValueError listing the offenders
         fail(str(error))
+    except KeyboardInterrupt:
+        kept = f"{out} was not written (it is written only at the end)" if out is not None else "nothing was written"
+        fail(f"interrupted: {kept}, and an evaluation keeps no partial results; run the same command again to evaluate "
+             f"{predictions} from the start", code=130)
     result = evaluation.result
     console.print(_results_table(result))
     for table in (_breakdown_table(result, "view"), _breakdown_table(result, "illumination"), _grid_table(result)):

@@ -71,7 +71,7 @@ def run(
     Exit status: 0 when every cell succeeded, 1 when some failed, 2 for bad input (including a
     method that cannot work in the setting, a run folder in use, or a Ray address that does not
     answer)."""
-    from m2ad.run import RunConfig, RunError
+    from m2ad.run import RunConfig, RunError, RunInterrupted
     from m2ad.run import run as run_grid
 
     methods = tuple(dict.fromkeys(method or [DEFAULT_METHOD]))
@@ -101,10 +101,19 @@ def run(
         result = run_grid(config, progress=progress)
     except (RunError, ValueError) as error:
         fail(str(error), code=2)
+    except RunInterrupted as stopped:
+        fail(f"interrupted. Kept in {stopped.run_dir}: {stopped.cells_kept} of {stopped.cells} cells and {stopped.fits_kept} of "
+             f"{stopped.fits} fits, finished (the unfinished ones left nothing half-written). To resume, run the same command "
+             f"again, which reuses them: {_this_command(out is None)}", code=130)
+    except KeyboardInterrupt:
+        fail("interrupted before any fit or cell started: nothing is kept in a run folder (a half-built embedded dataset "
+             f"resumes where it stopped). To start again, run the same command: {_this_command(True)}", code=130)
     _print_tables(result.summary)
+    console.print(f"data: {result.data}", highlight=False, soft_wrap=True)
     console.print(
         f"run folder: {result.run_dir}  ({len(result.fits_computed)} fits trained, {len(result.fits_reused)} reused; "
-        f"{len(result.computed)} cells computed, {len(result.skipped)} reused from an earlier run)"
+        f"{len(result.computed)} cells computed, {len(result.skipped)} reused from an earlier run)",
+        highlight=False, soft_wrap=True,
     )
     failed = [record for record in result.cells if record["status"] != "ok"]
     if failed:
@@ -156,6 +165,16 @@ def predict(
         fail(str(error), code=2)
     console.print(f"wrote {written['images']} predictions of {', '.join(written['categories'])} to {out} (fit {written['fit']})",
                   highlight=False)
+
+
+def _this_command(same_folder_note: bool) -> str:
+    """The command line of this run, to repeat (``--out`` left out picks the same folder again)."""
+    import shlex
+    import sys
+
+    arguments = sys.argv[sys.argv.index("run"):] if "run" in sys.argv else ["run", "..."]
+    note = " (without --out it picks the same run folder: its name hashes the command)" if same_folder_note else ""
+    return f"m2ad {shlex.join(arguments)}{note}"
 
 
 def _names(text: str | None) -> list[str]:

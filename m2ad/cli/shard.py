@@ -114,15 +114,27 @@ def _human(size: int) -> str:
 
 
 def info(
-    path: Annotated[Path, typer.Argument(help="Sharded dataset folder (written by `m2ad shard` or `m2ad download`).")],
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Sharded dataset folder (written by `m2ad shard` or `m2ad download`); default: the embedded dataset.",
+                       show_default=False),
+    ] = None,
 ) -> None:
-    """Summarise a sharded dataset: counts per category, split and label; its extra columns (M2AD:
-    detectability); view x illumination completeness where it has both axes; size on disk."""
+    """Summarise a sharded dataset (its absolute path first): counts per category, split and label;
+    its extra columns (M2AD: detectability); view x illumination completeness where it has both
+    axes; size on disk.  Without PATH: the embedded synthetic M2AD that `m2ad run` uses by default."""
     import polars as pl
 
     from m2ad.data import load_manifest
-    from m2ad.schema import DatasetInfo
+    from m2ad.embedded import default_dataset_dir
+    from m2ad.schema import INFO_FILE, DatasetInfo
 
+    if path is None:
+        path = default_dataset_dir()
+        if not (path / INFO_FILE).is_file():
+            fail(f"the embedded dataset is not built yet; it will be at {path} (set $M2AD_CACHE to move it): "
+                 "`m2ad run --protocol invariant` (or `make demo`) builds it on first use", code=2)
+    path = path.absolute()
     try:
         described = DatasetInfo.read(path)
         manifest = load_manifest(path)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from m2ad.cli._common import console, fail
 
@@ -17,15 +16,9 @@ app = typer.Typer(help="Manage pretrained weights (list, fetch, import into the 
 def list_weights() -> None:
     """List the known weights: license, size, how they are verified, and whether they are cached."""
     from baselines import weights
+    from m2ad.cli import listing
 
-    table = Table(title=f"weights (cache: {weights.weights_dir()})")
-    for column in ("name", "license", "size", "verified by"):
-        table.add_column(column, no_wrap=column == "name")
-    table.add_column("cached", overflow="fold")
-    for item in weights.REGISTRY.values():
-        path = weights.cached_path(item.name)
-        table.add_row(item.name, item.license, item.size, item.verification, str(path) if path else "no")
-    console.print(table)
+    listing.print_table(listing.weights(), f"weights (cache: {weights.weights_dir()})")
 
 
 @app.command("fetch")

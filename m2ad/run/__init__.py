@@ -34,6 +34,9 @@ The run folder::
 One run at a time: a run holds ``RUN_DIR/.m2ad-run.lock`` (``m2ad.ownership.ExclusiveLock``)
 from start to end.  A second run on the same folder is refused with the holder's pid, host and
 command; the lock of a killed run is released by the kernel, so the next run takes it over.
+Every running fit and cell holds ``RUN_DIR/.m2ad-tasks.lock`` shared, and a run starts its tasks
+only once no task holds it, so a task of a killed run never races the next run's; a local Ray
+cluster that the run started dies with it (``m2ad.processes.Guardian``).
 
 Resuming: a cell whose ``cell.json`` says ``ok`` with the same hash is skipped, and a fit whose
 ``fit.json`` says ``ok`` with the same hash is reused, so rerunning a killed or partly failed
@@ -56,7 +59,7 @@ from typing import Any
 import m2ad
 from m2ad import ownership
 from m2ad.files import jsonable, write_json_atomic
-from m2ad.run.cell import finished_cell, finished_fit, predict_with_fit
+from m2ad.run.cell import TASKS_LOCK_FILE, finished_cell, finished_fit, predict_with_fit
 from m2ad.run.config import RunConfig, RunError, RunLockedError, check_config, check_data, resolved_method_config
 from m2ad.run.executors import (
     LocalExecutor,
@@ -73,14 +76,16 @@ from m2ad.run.provenance import environment
 from m2ad.run.results import merge_predictions, write_results
 
 RUN_LOCK_FILE = ".m2ad-run.lock"
+LEFTOVER_TASKS_TIMEOUT_S = 120.0
+"""How long a run waits for the tasks of a killed run on the same folder to end."""
 
 log = logging.getLogger("m2ad.run")
 
 
 @dataclass
 class RunResult:
-    """What a run produced.  ``failed`` lists the cells that failed every attempt; ``fits``
-    the records of the fits its cells used, ``fits_computed`` those this run trained."""
+    """What a run produced.  ``run_dir`` is absolute; ``failed`` lists the cells that failed every
+    attempt; ``fits`` the records of the fits its cells used, ``fits_computed`` those this run trained."""
 
     run_dir: Path
     summary: dict[str, Any]
@@ -91,6 +96,8 @@ class RunResult:
     fits: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     fits_computed: list[str] = dataclasses.field(default_factory=list)
     fits_reused: list[str] = dataclasses.field(default_factory=list)
+    data: Path | None = None
+    """The (absolute) sharded dataset the run tested on."""
 
     @property
     def ok(self) -> bool:
@@ -105,19 +112,46 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     :class:`RunError` then leaves no folder and starts no task."""
     check_config(config)
     method_configs = {name: resolved_method_config(name, config.method_args.get(name, {})) for name in config.methods}
-    data = Path(config.data) if config.data is not None else _embedded_dataset(progress)
+    data = Path(config.data).absolute() if config.data is not None else _embedded_dataset(progress)
     check_data(data)
     if config.train_data is not None:
         check_data(Path(config.train_data), "--train-data")
     identity = data_identity(data)
-    run_dir = Path(config.out) if config.out is not None else default_run_dir(config, identity)
+    run_dir = (Path(config.out) if config.out is not None else default_run_dir(config, identity)).absolute()
     threads = max(1, int(config.cpus_per_task)) if config.executor == "ray" else None
     plan = build_plan(config, data, identity, run_dir, method_configs, threads)
     lock = _lock_run_dir(run_dir)
     try:
+        _wait_for_leftover_tasks(run_dir)
         return _run_plan(config, plan, run_dir, progress)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, plan) from None
     finally:
         lock.release()
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: what it keeps (every finished fit and cell, reused by a rerun of the
+    same command), counted from the run folder."""
+
+    def __init__(self, run_dir: Path, plan: Plan) -> None:
+        self.run_dir = run_dir
+        self.cells_kept = sum(finished_cell(cell) is not None for cell in plan.cells)
+        self.cells = len(plan.cells)
+        self.fits_kept = sum(finished_fit(fit.unit_dir, fit.fit_hash) is not None for fit in plan.fits)
+        self.fits = len(plan.fits)
+        super().__init__(f"interrupted: {self.cells_kept} of {self.cells} cells and {self.fits_kept} of {self.fits} fits are "
+                         f"finished in {run_dir}")
+
+
+def _wait_for_leftover_tasks(run_dir: Path) -> None:
+    """Wait until no task of an earlier, killed run holds the folder's tasks lock (its local
+    cluster dies with it; a joined cluster's tasks end when Ray notices), so nothing races this run."""
+    if not ownership.wait_until_unheld(run_dir / TASKS_LOCK_FILE, 0.5):
+        log.warning("waiting for the tasks of an earlier run of %s to end", run_dir)
+        if not ownership.wait_until_unheld(run_dir / TASKS_LOCK_FILE, LEFTOVER_TASKS_TIMEOUT_S):
+            raise RunLockedError(f"tasks of an earlier run still work in {run_dir} after {LEFTOVER_TASKS_TIMEOUT_S:g} s; "
+                                 "stop them (or their Ray cluster) and run again")
 
 
 def _lock_run_dir(run_dir: Path) -> ownership.ExclusiveLock:
@@ -139,11 +173,11 @@ def _run_plan(config: RunConfig, plan: Plan, run_dir: Path, progress: bool) -> R
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    started_ray, ray_temp = False, None
+    ray_session = None
     try:
         gpus = 0.0
         if config.executor == "ray":
-            started_ray, ray_temp = start_ray(config, run_dir)
+            ray_session = start_ray(config, run_dir)
             gpus = gpus_per_task(config)
         _write_plan(run_dir, config, plan, gpus)
         write_json_atomic(run_dir / "environment.json", environment(include_ray=config.executor == "ray"))
@@ -160,7 +194,8 @@ def _run_plan(config: RunConfig, plan: Plan, run_dir: Path, progress: bool) -> R
             fit_records, outcomes = run_tasks(fits_todo, todo, finished_fits, executor, 1 + config.retries, tracker)
         records = [finished_cells.get(cell.cell_id) or outcomes[cell.cell_id] for cell in plan.cells]
     finally:
-        stop_ray(started_ray, ray_temp)
+        if ray_session is not None:
+            stop_ray(ray_session)
         log.removeHandler(handler)
         handler.close()
     fits = [fit_records[fit.fit_id] for fit in plan.fits if fit.fit_id in fit_records]
@@ -176,6 +211,7 @@ def _run_plan(config: RunConfig, plan: Plan, run_dir: Path, progress: bool) -> R
         fits=fits,
         fits_computed=[fit.fit_id for fit in fits_todo],
         fits_reused=[fit_id for fit_id in finished_fits if fit_id in needed],
+        data=plan.data,
     )
 
 
@@ -202,4 +238,4 @@ def _embedded_dataset(progress: bool) -> Path:
     return ensure_default_dataset(progress=progress)
 
 
-__all__ = ["RunConfig", "RunError", "RunLockedError", "RunResult", "check_ray_address", "predict_with_fit", "run"]
+__all__ = ["RunConfig", "RunError", "RunInterrupted", "RunLockedError", "RunResult", "check_ray_address", "predict_with_fit", "run"]

@@ -38,6 +38,7 @@ import baselines
 import protocols
 from baselines.base import Batch
 from m2ad import data as m2ad_data
+from m2ad import ownership
 from m2ad.files import jsonable, write_json_atomic
 from m2ad.metrics import all_finite
 from m2ad.ownership import temp_file_name
@@ -54,6 +55,8 @@ TRAINING_FILE = "training.json"
 CELL_FILE = "cell.json"
 PREDICTIONS_FILE = "predictions.parquet"
 PROGRESS_FILE = "progress.json"
+TASKS_LOCK_FILE = ".m2ad-tasks.lock"
+"""In the run folder: held shared by every running fit and cell (never removed)."""
 TEST_ORDER = ["specimen", "view", "illumination", "sample_id"]
 
 Report = Callable[[str, int, int], None]
@@ -61,8 +64,10 @@ Report = Callable[[str, int, int], None]
 
 
 def execute(spec: FitSpec | CellSpec, report: Report | None = None) -> dict[str, Any]:
-    """Run a fit or a cell (the one function a Ray task runs)."""
-    return execute_fit(spec, report) if isinstance(spec, FitSpec) else execute_cell(spec, report)
+    """Run a fit or a cell (the one function a Ray task runs), holding the run folder's
+    :data:`TASKS_LOCK_FILE` shared, so that a later run can wait until no task of this one is left."""
+    with ownership.shared_lock(spec.unit_dir.parent.parent / TASKS_LOCK_FILE):
+        return execute_fit(spec, report) if isinstance(spec, FitSpec) else execute_cell(spec, report)
 
 
 # --------------------------------------------------------------------------- fits

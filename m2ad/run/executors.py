@@ -18,7 +18,9 @@ every node sees at the same path.  Joining a cluster first checks, within
 ``ray_connect_timeout_s``, that the address answers as a gRPC server (as Ray's GCS does), so an
 address where nothing listens fails in seconds instead of Ray's minutes of retries.  A cluster
 the run starts itself keeps its files in an owned ``m2ad-ray-*`` folder of the system's
-temporary folder, removed when the run ends (and a killed run's by the next run).
+temporary folder, removed when the run ends (and a killed run's by the next run), and dies with
+the run: a :class:`~m2ad.processes.Guardian` kills every process of it once the driver is gone,
+even after a ``kill -9``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from m2ad import ownership
 from m2ad.files import write_json_atomic
+from m2ad.processes import Guardian
 from m2ad.run.cell import CELL_FILE, FIT_FILE, PROGRESS_FILE, cell_identity, execute, fit_identity
 from m2ad.run.config import RunConfig, RunError
 from m2ad.run.plan import CellSpec, FitSpec
@@ -297,13 +300,23 @@ class RunProgress:
 # --------------------------------------------------------------------------- Ray
 
 
-def start_ray(config: RunConfig, run_dir: Path) -> tuple[bool, Path | None]:
-    """Join ``ray_address``, or start a small loopback cluster.  Returns whether this call
-    started Ray (False if it was already up) and the temporary folder of a cluster it started."""
+@dataclass
+class RaySession:
+    """What :func:`start_ray` did: whether it connected (False: Ray was already up), and for a
+    cluster it started, its owned temporary folder and the :class:`~m2ad.processes.Guardian`
+    that kills the cluster's processes (GCS, raylet, agents, workers) if this process dies."""
+
+    started: bool
+    temp_dir: Path | None = None
+    guardian: Guardian | None = None
+
+
+def start_ray(config: RunConfig, run_dir: Path) -> RaySession:
+    """Join ``ray_address``, or start a small loopback cluster that dies with this process."""
     import ray
 
     if ray.is_initialized():
-        return False, None
+        return RaySession(started=False)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if config.ray_address:
         check_ray_address(config.ray_address, config.ray_connect_timeout_s)
@@ -311,7 +324,7 @@ def start_ray(config: RunConfig, run_dir: Path) -> tuple[bool, Path | None]:
             ray.init(address=config.ray_address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RunError(f"cannot join the Ray cluster at {config.ray_address}: {error}") from None
-        return True, None
+        return RaySession(started=True)
     # A cluster we start ourselves serves this machine only: keep every socket on loopback,
     # where Ray's token authentication (and its token file in ~/.ray) guards nothing.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -321,6 +334,7 @@ def start_ray(config: RunConfig, run_dir: Path) -> tuple[bool, Path | None]:
     system_temp = Path(tempfile.gettempdir())
     ownership.remove_dead_temp_dirs(system_temp, f"{RAY_TEMP_PREFIX}*")
     temp_dir = ownership.claim_temp_dir(system_temp / f"{RAY_TEMP_PREFIX}{uuid.uuid4().hex[:12]}", run_dir)
+    guardian = Guardian(temp_dir.name, temp_dir)  # before ray.init: every process Ray starts is marked
     try:
         ray.init(
             num_cpus=config.local_num_cpus,
@@ -331,19 +345,23 @@ def start_ray(config: RunConfig, run_dir: Path) -> tuple[bool, Path | None]:
             log_to_driver=False,
         )
     except BaseException:
+        guardian.close()
         ownership.remove_temp_dir(temp_dir)
         raise
-    return True, temp_dir
+    return RaySession(started=True, temp_dir=temp_dir, guardian=guardian)
 
 
-def stop_ray(started: bool, temp_dir: Path | None) -> None:
-    """Shut down the Ray connection this run made and remove the cluster folder it owned."""
-    if started:
+def stop_ray(session: RaySession) -> None:
+    """Shut down the Ray connection this run made, kill what is left of a cluster it started
+    (Ray's agents linger), and remove the cluster folder it owned."""
+    if session.started:
         import ray
 
         ray.shutdown()
-    if temp_dir is not None:
-        ownership.remove_temp_dir(temp_dir)
+    if session.guardian is not None:
+        session.guardian.close()
+    if session.temp_dir is not None:
+        ownership.remove_temp_dir(session.temp_dir)
 
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 import protocols
 from m2ad.files import jsonable, write_json_atomic
-from m2ad.predictions import METADATA_KEY
+from m2ad.predictions import METADATA_KEY, WRITE_OPTIONS, file_metadata
 from m2ad.run.cell import PREDICTIONS_FILE
 from m2ad.run.config import RunConfig
 from m2ad.run.plan import CELLS_DIR, protocol_version, safe_name
@@ -124,7 +124,7 @@ def merge_predictions(run_dir: Path, records: list[dict[str, Any]]) -> list[Path
         if target.is_file() and all(source.stat().st_mtime_ns <= target.stat().st_mtime_ns for source in sources):
             written.append(target)
             continue
-        first = pq.ParquetFile(sources[0])
+        first = pq.ParquetFile(sources[0], page_checksum_verification=True)
         header = json.loads(first.schema_arrow.metadata[METADATA_KEY.encode()])
         first_record = members[0]
         header = {
@@ -144,12 +144,12 @@ def merge_predictions(run_dir: Path, records: list[dict[str, Any]]) -> list[Path
             "cell_hashes": {record["cell_id"]: record["config_hash"] for record in members},
             "fit_hashes": {record["cell_id"]: record.get("fit_hash") for record in members},
         }
-        schema = first.schema_arrow.with_metadata({METADATA_KEY: json.dumps(jsonable(header), sort_keys=True)})
+        schema = first.schema_arrow.with_metadata(file_metadata(json.dumps(jsonable(header), sort_keys=True)))
         target.parent.mkdir(exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
+        with pq.ParquetWriter(partial, schema, **WRITE_OPTIONS) as writer:
             for source in sources:
-                parquet = pq.ParquetFile(source)
+                parquet = pq.ParquetFile(source, page_checksum_verification=True)
                 for index in range(parquet.num_row_groups):
                     writer.write_table(parquet.read_row_group(index).cast(schema))
         os.replace(partial, target)
