@@ -47,6 +47,9 @@ class Recipe:
     drop_last: bool = True
     epochs: int = 1
     iterations: int | None = None
+    accumulation: int = 1
+    """Batches whose gradients are summed before one step (RD++: 2).  The count restarts each
+    epoch and gradients left at an epoch's end carry into the next, as the official loop."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -55,11 +58,13 @@ class Recipe:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if len(self.betas) != 2:
             raise ValueError(f"betas needs two values, got {self.betas}")
-        if min(self.batch_size, self.epochs) < 1 or (self.iterations is not None and self.iterations < 1):
-            raise ValueError("batch_size, epochs and iterations must be positive")
+        if min(self.batch_size, self.epochs, self.accumulation) < 1 or (self.iterations is not None and self.iterations < 1):
+            raise ValueError("batch_size, epochs, iterations and accumulation must be positive")
 
-    def build_optimizer(self, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-        """The recipe's optimiser over ``params`` (one group, one weight decay for all)."""
+    def build_optimizer(self, params: Sequence[nn.Parameter] | Sequence[dict]) -> torch.optim.Optimizer:
+        """The recipe's optimiser over ``params``: parameters (one group) or parameter groups
+        (dicts with ``params`` and an ``lr_scale`` multiplying the scheduled rate); one weight
+        decay for all."""
         betas = (float(self.betas[0]), float(self.betas[1]))
         if self.optimizer == "stableadamw":
             return StableAdamW(params, lr=self.lr, betas=betas, weight_decay=self.weight_decay, amsgrad=self.amsgrad, eps=self.eps)
@@ -140,7 +145,7 @@ LossFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def train_head(
-    params: Sequence[nn.Parameter],
+    params: Sequence[nn.Parameter] | Sequence[dict],
     images: torch.Tensor,
     loss_fn: LossFn,
     recipe: Recipe,
@@ -161,6 +166,7 @@ def train_head(
     if len(images) == 0:
         raise ValueError(f"{name}: no training images")
     optimizer = recipe.build_optimizer(params)
+    flat = [param for group in optimizer.param_groups for param in group["params"]]
     batch_size = min(recipe.batch_size, len(images))
     per_epoch = len(images) // batch_size if recipe.drop_last else math.ceil(len(images) / batch_size)
     total = recipe.iterations if recipe.iterations is not None else recipe.epochs * per_epoch
@@ -174,15 +180,19 @@ def train_head(
             if iteration == total:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = recipe.lr_at(iteration, epoch, total)
+                group["lr"] = recipe.lr_at(iteration, epoch, total) * group.get("lr_scale", 1.0)
             batch = prepare(images[order[step * batch_size : (step + 1) * batch_size]].to(device))
             with autocast(device, mixed_precision):
                 loss = loss_fn(batch, iteration)
-            optimizer.zero_grad(set_to_none=True)
+            if recipe.accumulation == 1:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if recipe.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, max_norm=recipe.grad_clip)
-            optimizer.step()
+            if (step + 1) % recipe.accumulation == 0:
+                if recipe.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(flat, max_norm=recipe.grad_clip)
+                optimizer.step()
+                if recipe.accumulation > 1:
+                    optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().item())
             iteration += 1
         logger.info("%s: epoch %d/%d, iteration %d/%d, loss %.4f", name, epoch + 1, epochs, iteration, total, float(np.mean(losses[-per_epoch:])))

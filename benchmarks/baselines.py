@@ -2,9 +2,11 @@
 CUDA) against a plain eager-PyTorch reference of the same network (explicit softmax attention,
 float32, no autocast), measured in the same run on the same weights and images.
 
-On CUDA the default is the official geometry (ViT-B/14 reg4, 392 x 392 crops, batch 16); on CPU a
-tiny configuration (40-wide, 4-head, 4-block encoder, 112 px, batch 4), where both variants are
-float32 and the ratio reflects SDPA only.  Weights are random: throughput does not depend on them.
+On CUDA the default is the official geometry (ViT-B/14 reg4, 392 x 392 crops, batch 16; RD++:
+WRN-50-2 at 256 px); on CPU a tiny configuration (40-wide, 4-head, 4-block encoder, 112 px, batch
+4; RD++: ``wide_resnet50_2_tiny`` at 128 px), where both variants are float32 and the ratio
+reflects SDPA only (RD++ has no attention: about 1).  Weights are random: throughput does not
+depend on them.
 
     python benchmarks/baselines.py                      # every method, auto device
     python benchmarks/baselines.py --method dinomaly --device cpu --steps 5
@@ -25,7 +27,7 @@ import baselines  # noqa: E402
 from baselines.backbones.dinov2 import set_sdpa  # noqa: E402
 from baselines.reconstruction import normalize  # noqa: E402
 
-METHODS = ("dinomaly", "inpformer")
+METHODS = ("dinomaly", "inpformer", "rdpp")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -36,6 +38,10 @@ def _synchronize(device: torch.device) -> None:
 
 def build(name: str, device: str, encoder: str, size: int) -> tuple[object, torch.nn.Module]:
     """The method (random-weight encoder) and a fresh model of it."""
+    if name == "rdpp":
+        backbone = "wide_resnet50_2" if device == "cuda" else "wide_resnet50_2_tiny"
+        method = baselines.create(name, backbone=backbone, encoder_weights="random", input_size=size, device=device, seed=0)
+        return method, method.new_model().eval()
     common = {"encoder": encoder, "encoder_weights": "random", "input_size": size, "crop_size": size, "map_size": size, "device": device, "seed": 0}
     method = baselines.create(name, **common)
     model = method.new_model() if name == "dinomaly" else method._new_model()
@@ -71,11 +77,12 @@ def main() -> None:
     size = args.size or (392 if cuda else 112)
     batch = args.batch or (16 if cuda else 4)
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (batch * args.steps, 3, size, size), dtype=torch.uint8)
     print(f"device {device}, encoder {encoder}, {size} px, batch {batch}, {args.steps} steps, torch threads {torch.get_num_threads()}")
     print(f"{'method':10s} {'ours img/s':>11s} {'eager img/s':>12s} {'ratio':>6s}")
     for name in args.method or METHODS:
-        _, model = build(name, device.type, encoder, size)
+        side = size if args.size or name != "rdpp" else (256 if cuda else 128)  # RD++ needs multiples of 32
+        images = torch.randint(0, 256, (batch * args.steps, 3, side, side), dtype=torch.uint8)
+        _, model = build(name, device.type, encoder, side)
         eager = rate(model, images, batch, args.steps, False, device)
         ours = rate(model, images, batch, args.steps, True, device)
         print(f"{name:10s} {ours:11.2f} {eager:12.2f} {ours / eager:6.2f}")

@@ -239,6 +239,7 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
                      "warmup_iters": 0, "map_size": 56, "device": "cpu", "seg_channels": (8, 4)},
     "patchcore": {"backbone": "efficientnet_lite0"},
     "random": {},
+    "rdpp": {"backbone": "wide_resnet50_2_tiny", "encoder_weights": "random", "input_size": 64, "epochs": 1, "batch_size": 4, "device": "cpu"},
 }
 
 

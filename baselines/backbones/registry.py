@@ -32,6 +32,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 TINY_VIT = ViTConfig(embed_dim=40, depth=4, num_heads=4, patch_size=14, num_register_tokens=4, pos_grid=4)
 """A 40-wide, 4-head, 4-block DINOv2-shaped ViT for smoke tests with random weights."""
+TINY_WRN_BASE = 8
+"""Stem width of ``wide_resnet50_2_tiny``: WRN-50-2's layout at 1/8 of its width (stages 32, 64, 128, 256), random weights only."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         *(_vit_spec(f"dinov2_{size}_reg4", config, f"dinov2_{size}_reg4_pretrain") for size, config in VIT_PRESETS.items()),
         _vit_spec("dinov2_tiny", TINY_VIT, None),
         BackboneSpec("wide_resnet50_2", wide_resnet.WideResNet50, "wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, 1, 224),
+        BackboneSpec("wide_resnet50_2_tiny", lambda: wide_resnet.WideResNet50(base=TINY_WRN_BASE), None, IMAGENET_MEAN, IMAGENET_STD, 1, 224),
         BackboneSpec("efficientnet_lite0", efficientnet_lite.EfficientNetLite0, "efficientnet_lite0", efficientnet_lite.MEAN,
                      efficientnet_lite.STD, 1, 224),
     )

@@ -46,23 +46,27 @@ class Bottleneck(nn.Module):
 
 
 class WideResNet50(nn.Module):
-    """Wide-ResNet-50-2 (bottleneck width x2) with an ImageNet classifier head."""
+    """Wide-ResNet-50-2 (bottleneck width x2) with an ImageNet classifier head.
 
-    def __init__(self, width_factor: int = 2, num_classes: int = 1000) -> None:
+    ``base`` scales every stage (64: the real network, stage outputs 256, 512, 1024, 2048; a
+    smaller one gives a narrow random-weight stand-in of the same layout for smoke tests).
+    """
+
+    def __init__(self, width_factor: int = 2, num_classes: int = 1000, base: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_channels = 64
-        for index, (planes, blocks, stride) in enumerate(((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), start=1):
+        in_channels = base
+        for index, (planes, blocks, stride) in enumerate(((base, 3, 1), (2 * base, 4, 2), (4 * base, 6, 2), (8 * base, 3, 2)), start=1):
             layer = []
             for block in range(blocks):
                 layer.append(Bottleneck(in_channels, planes, stride if block == 0 else 1, width_factor))
                 in_channels = planes * Bottleneck.expansion
             setattr(self, f"layer{index}", nn.Sequential(*layer))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2048, num_classes)
+        self.fc = nn.Linear(32 * base, num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
