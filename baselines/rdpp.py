@@ -48,13 +48,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.backbones import registry
+from baselines.backbones.efficientnet_lite import EfficientNetLite0
 from baselines.backbones.wide_resnet import Bottleneck, WideResNet50
 from baselines.base import Batch, MethodCard, Setting, fill_from_preset
 from baselines.inpformer_pp import synthesize
-from baselines.reconstruction import normalize, resize_crop, smooth, top_mean
+from baselines.reconstruction import resize_crop, smooth, top_mean
 from baselines.training import Recipe, autocast, train_head
 
-TAPPED = ("layer1", "layer2", "layer3")
+TEACHERS: dict[str, tuple[tuple[str, ...], tuple[int, int, int]]] = {
+    "wide_resnet50_2": (("layer1", "layer2", "layer3"), (256, 512, 1024)),
+    "wide_resnet50_2_tiny": (("layer1", "layer2", "layer3"), tuple(c * registry.TINY_WRN_BASE // 64 for c in (256, 512, 1024))),
+    "efficientnet_lite0": (("stride4", "stride8", "stride16"), (24, 40, 112)),
+}
+"""Teachers: the registry backbone, its tapped layers (strides 4, 8, 16) and their channels.
+EfficientNet-Lite0 is our addition (ImageNet weights available offline), not in either code."""
 PROJECTION_WEIGHT = 0.2
 """Weight of the projection loss next to the distillation loss (``main.py:38,147``)."""
 
@@ -67,10 +74,11 @@ OFFICIAL_EPOCHS = {
 
 @dataclass(frozen=True)
 class RDPPArch:
-    """Widths of an RD++: the teacher's stem width ``base`` (WRN-50-2: 64, stage outputs 4, 8, 16
-    and 32 x base) and the bottleneck width factors of the decoder and of the OCBE."""
+    """Widths of an RD++: the channels (c1, c2, c3) of the three tapped teacher maps (WRN-50-2:
+    256, 512, 1024) and the bottleneck width factors of the decoder and of the OCBE.  Every width
+    of the official network is the formula of these below (with WRN-50-2's, the official ones)."""
 
-    base: int = 64
+    channels: tuple[int, int, int] = (256, 512, 1024)
     decoder_width_factor: int = 2
     ocbe_width_factor: int = 2
     """2 in the official ``BN_layer`` (``width_per_group=128``); 1 in the M2AD code, whose ``MFF_OCE``
@@ -80,8 +88,8 @@ class RDPPArch:
     M2AD's ``MFF_OCE`` drops them."""
 
     def __post_init__(self) -> None:
-        if self.base < 4 or self.base % 4 or min(self.decoder_width_factor, self.ocbe_width_factor) < 1:
-            raise ValueError(f"RD++ needs base a positive multiple of 4 and width factors >= 1, got {self}")
+        if len(self.channels) != 3 or any(c < 4 or c % 4 for c in self.channels) or self.channels[2] % 8 or min(self.decoder_width_factor, self.ocbe_width_factor) < 1:
+            raise ValueError(f"RD++ needs three tapped widths divisible by 4 (the last by 8) and width factors >= 1, got {self}")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -114,11 +122,11 @@ class ProjectionLayer(nn.Module):
 class MultiProjection(nn.Module):
     """Official ``MultiProjectionLayer``: one ``ProjectionLayer`` per tapped scale (``proj_a/b/c``)."""
 
-    def __init__(self, base: int) -> None:
+    def __init__(self, channels: tuple[int, int, int]) -> None:
         super().__init__()
-        self.proj_a = ProjectionLayer(4 * base)
-        self.proj_b = ProjectionLayer(8 * base)
-        self.proj_c = ProjectionLayer(16 * base)
+        self.proj_a = ProjectionLayer(channels[0])
+        self.proj_b = ProjectionLayer(channels[1])
+        self.proj_c = ProjectionLayer(channels[2])
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Project the three scales."""
@@ -127,22 +135,22 @@ class MultiProjection(nn.Module):
 
 class OneClassBottleneck(nn.Module):
     """Official ``BN_layer`` (OCBE): scale 1 through two strided 3 x 3 conv-BN-ReLU, scale 2 through
-    one, concatenated with scale 3, then three bottlenecks (the first strided) -> 32 x base channels."""
+    one, concatenated with scale 3, then three bottlenecks (the first strided) -> 2 x c3 channels."""
 
     def __init__(self, arch: RDPPArch) -> None:
         super().__init__()
-        base, factor = arch.base, arch.ocbe_width_factor
-        self.conv1 = conv3x3(4 * base, 8 * base, 2)
-        self.bn1 = nn.BatchNorm2d(8 * base)
+        (c1, c2, c3), factor = arch.channels, arch.ocbe_width_factor
+        self.conv1 = conv3x3(c1, c2, 2)
+        self.bn1 = nn.BatchNorm2d(c2)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(8 * base, 16 * base, 2)
-        self.bn2 = nn.BatchNorm2d(16 * base)
-        self.conv3 = conv3x3(8 * base, 16 * base, 2)
-        self.bn3 = nn.BatchNorm2d(16 * base)
+        self.conv2 = conv3x3(c2, c3, 2)
+        self.bn2 = nn.BatchNorm2d(c3)
+        self.conv3 = conv3x3(c2, c3, 2)
+        self.bn3 = nn.BatchNorm2d(c3)
         if arch.ocbe_spare_conv:
-            self.conv4 = nn.Conv2d(64 * base, 32 * base, 1, bias=False)
-            self.bn4 = nn.BatchNorm2d(32 * base)
-        self.bn_layer = nn.Sequential(Bottleneck(48 * base, 8 * base, 2, factor), *(Bottleneck(32 * base, 8 * base, 1, factor) for _ in range(2)))
+            self.conv4 = nn.Conv2d(4 * c3, 2 * c3, 1, bias=False)
+            self.bn4 = nn.BatchNorm2d(2 * c3)
+        self.bn_layer = nn.Sequential(Bottleneck(3 * c3, c3 // 2, 2, factor), *(Bottleneck(2 * c3, c3 // 2, 1, factor) for _ in range(2)))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Fuse the three projected scales into the bottleneck code."""
@@ -178,13 +186,14 @@ class DecoderBottleneck(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Official ``de_wide_resnet50_2``: stages of 3, 4 and 6 bottlenecks (planes 4, 2, 1 x base),
+    """Official ``de_wide_resnet50_2``: stages of 3, 4 and 6 bottlenecks (planes c3/4, c2/4, c1/4),
     each doubling the resolution; returns [scale 1, scale 2, scale 3] like the teacher's taps."""
 
     def __init__(self, arch: RDPPArch) -> None:
         super().__init__()
-        in_channels = 32 * arch.base
-        for index, (planes, blocks) in enumerate(((4 * arch.base, 3), (2 * arch.base, 4), (arch.base, 6)), start=1):
+        c1, c2, c3 = arch.channels
+        in_channels = 2 * c3
+        for index, (planes, blocks) in enumerate(((c3 // 4, 3), (c2 // 4, 4), (c1 // 4, 6)), start=1):
             layer = [DecoderBottleneck(in_channels, planes, 2, arch.decoder_width_factor)]
             layer += [DecoderBottleneck(planes * 4, planes, 1, arch.decoder_width_factor) for _ in range(blocks - 1)]
             in_channels = planes * 4
@@ -224,12 +233,13 @@ class RDPPModel(nn.Module):
     """RD++ with the official parameter names (``proj.*``, ``bn.*``, ``decoder.*``) and the frozen
     teacher under ``encoder.*``."""
 
-    def __init__(self, arch: RDPPArch, encoder: WideResNet50 | None = None) -> None:
+    def __init__(self, arch: RDPPArch, encoder: WideResNet50 | EfficientNetLite0 | None = None) -> None:
         super().__init__()
         self.arch = arch
-        self.encoder = encoder if encoder is not None else WideResNet50(base=arch.base)
+        self.encoder = encoder if encoder is not None else registry.spec(teacher_name(arch.channels)).build()
         self.encoder.requires_grad_(False)
-        self.proj = MultiProjection(arch.base)
+        self.taps = TEACHERS["efficientnet_lite0" if isinstance(self.encoder, EfficientNetLite0) else "wide_resnet50_2"][0]
+        self.proj = MultiProjection(arch.channels)
         self.bn = OneClassBottleneck(arch)
         self.decoder = Decoder(arch)
         official_init(self.bn)
@@ -250,7 +260,7 @@ class RDPPModel(nn.Module):
     def teacher(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen teacher's three tapped maps."""
         with torch.no_grad():
-            return registry.tap(self.encoder, images, TAPPED)
+            return registry.tap(self.encoder, images, self.taps)
 
     def forward(self, images: torch.Tensor, noisy: torch.Tensor | None = None) -> RDPPOutput:
         """Normalised images (B, 3, H, W), optionally their noisy versions -> ``RDPPOutput``."""
@@ -398,15 +408,16 @@ def fractal_noise(channels: int, height: int, width: int, generator: torch.Gener
     return total.float()
 
 
-def simplex_patches(images: torch.Tensor, generator: torch.Generator, strength: float = 0.2) -> torch.Tensor:
+def simplex_patches(images: torch.Tensor, generator: torch.Generator, strength: float = 0.2,
+                    std: tuple[float, float, float] = registry.IMAGENET_STD) -> torch.Tensor:
     """The official anomaly simulation (``dataset.py:64-75``) on normalised images (B, 3, S, S):
     per image a patch of h x w pixels, h, w uniform in [10, S/8) (at S = 256; scaled with S),
     at a uniform position in [1, S - h) x [1, S - w), receives ``strength`` x fractal noise in
-    [0, 1] pixel units (added before normalisation, so divided by the ImageNet std here)."""
+    [0, 1] pixel units (added before normalisation, so divided by the normalisation ``std`` here)."""
     batch, _, size, _ = images.shape
     scale = size / 256
     low, high = max(1, round(10 * scale)), max(2, int(size // 8))
-    std = torch.tensor(registry.IMAGENET_STD, device=images.device).view(3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(3, 1, 1)
     noisy = images.clone()
     for index in range(batch):
         patch_h, patch_w = (int(torch.randint(low, max(low + 1, high), (1,), generator=generator)) for _ in range(2))
@@ -441,7 +452,8 @@ class RDPPConfig:
     preset: str = "official"
     """``official`` (the RD++ authors' ``main.py``) or ``m2ad-paper`` (the M2AD benchmark code)."""
     backbone: str = "wide_resnet50_2"
-    """``wide_resnet50_2`` or ``wide_resnet50_2_tiny`` (1/8 width, random weights only, for smoke tests)."""
+    """The teacher: ``wide_resnet50_2`` (both codes), ``wide_resnet50_2_tiny`` (1/8 width, random
+    weights only, for smoke tests) or ``efficientnet_lite0`` (ours: ImageNet weights available offline)."""
     encoder_weights: str = "auto"
     """``auto`` (the registry's ImageNet ``wide_resnet50_2``), a registry name, a file, or ``random``."""
     input_size: int | None = None
@@ -476,8 +488,8 @@ class RDPPConfig:
 
     def __post_init__(self) -> None:
         fill_from_preset(self, PRESETS)
-        if self.backbone not in ("wide_resnet50_2", "wide_resnet50_2_tiny"):
-            raise ValueError(f"rdpp: backbone must be wide_resnet50_2 or wide_resnet50_2_tiny, got {self.backbone!r}")
+        if self.backbone not in TEACHERS:
+            raise ValueError(f"rdpp: backbone must be one of {', '.join(TEACHERS)}, got {self.backbone!r}")
         if self.anomalies not in ("simplex", "draem"):
             raise ValueError(f"rdpp: anomalies must be simplex or draem, got {self.anomalies!r}")
         if self.scoring not in ("official", "m2ad"):
@@ -498,10 +510,18 @@ def infer_arch(state_dict: dict[str, torch.Tensor]) -> RDPPArch:
     for key in ("proj.proj_a.proj.0.weight", "bn.bn_layer.0.conv1.weight", "decoder.layer1.0.conv1.weight"):
         if key not in state_dict:
             raise ValueError(f"not an RD++ state dict: missing {key!r}")
-    base = state_dict["proj.proj_a.proj.0.weight"].shape[1] // 4
-    ocbe = state_dict["bn.bn_layer.0.conv1.weight"].shape[0] // (8 * base)
-    decoder = state_dict["decoder.layer1.0.conv1.weight"].shape[0] // (4 * base)
-    return RDPPArch(base=base, decoder_width_factor=decoder, ocbe_width_factor=ocbe, ocbe_spare_conv="bn.conv4.weight" in state_dict)
+    channels = tuple(int(state_dict[f"proj.proj_{scale}.proj.0.weight"].shape[1]) for scale in "abc")
+    ocbe = state_dict["bn.bn_layer.0.conv1.weight"].shape[0] // (channels[2] // 2)
+    decoder = state_dict["decoder.layer1.0.conv1.weight"].shape[0] // (channels[2] // 4)
+    return RDPPArch(channels=channels, decoder_width_factor=decoder, ocbe_width_factor=ocbe, ocbe_spare_conv="bn.conv4.weight" in state_dict)
+
+
+def teacher_name(channels: tuple[int, ...]) -> str:
+    """The registry teacher whose tapped widths are ``channels``."""
+    for name, (_, widths) in TEACHERS.items():
+        if tuple(channels) == widths:
+            return name
+    raise ValueError(f"no teacher in the registry has tapped widths {tuple(channels)}; known: {', '.join(f'{n} {w}' for n, (_, w) in TEACHERS.items())}")
 
 
 M2AD_PREFIXES = {"proj_layer.": "proj.", "mff_oce.": "bn.", "net_s.": "decoder.", "net_t.": "encoder."}
@@ -546,8 +566,7 @@ def load_official(checkpoint_or_path: dict[str, Any] | str | Path, encoder_weigh
     if has_encoder:
         model = RDPPModel(arch)
     else:
-        name = "wide_resnet50_2" if arch.base == 64 else "wide_resnet50_2_tiny"
-        model = RDPPModel(arch, registry.load_backbone(name, encoder_weights))
+        model = RDPPModel(arch, registry.load_backbone(teacher_name(arch.channels), encoder_weights))
         state = {**{f"encoder.{key}": value for key, value in model.encoder.state_dict().items()}, **state}
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -573,8 +592,12 @@ class RDPP:
 
     def arch(self) -> RDPPArch:
         """The architecture of the configured backbone and preset."""
-        base = 64 if self.config.backbone == "wide_resnet50_2" else registry.TINY_WRN_BASE
-        return RDPPArch(base=base, ocbe_width_factor=self.config.ocbe_width_factor, ocbe_spare_conv=self.config.preset == "official")
+        return RDPPArch(channels=TEACHERS[self.config.backbone][1], ocbe_width_factor=self.config.ocbe_width_factor,
+                        ocbe_spare_conv=self.config.preset == "official")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images normalised as the teacher expects (ImageNet mean/std; Lite0: 0.5/0.5)."""
+        return registry.normalize(images, self.config.backbone)
 
     def new_model(self) -> RDPPModel:
         """A fresh RD++ on the frozen teacher (loaded strictly from ``encoder_weights``)."""
@@ -604,7 +627,7 @@ class RDPP:
     def noisy(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The noisy copies of a normalised batch, as the preset simulates anomalies."""
         if self.config.anomalies == "simplex":
-            return simplex_patches(images, generator)
+            return simplex_patches(images, generator, std=registry.spec(self.config.backbone).std)
         return synthesize(images.cpu(), generator, probability=0.5)[0].to(images.device)
 
     def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
@@ -632,14 +655,14 @@ class RDPP:
             return distillation_loss(output.teacher, output.student) + PROJECTION_WEIGHT * projection
 
         model.train()
-        return train_head(self.parameter_groups(model), images, loss, self.recipe(categories), prepare=normalize, device=self.device,
+        return train_head(self.parameter_groups(model), images, loss, self.recipe(categories), prepare=self.normalize, device=self.device,
                           seed=self.seed, mixed_precision=model.mixed_precision, name="rdpp")
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Scores (B,) and maps (B, H, W) at the batch's size (maps resized from ``input_size``)."""
         if self.model is None:
             raise RuntimeError("rdpp: predict called before fit")
-        images = normalize(resize_crop(batch.images.to(self.device), self.config.input_size, self.config.input_size))
+        images = self.normalize(resize_crop(batch.images.to(self.device), self.config.input_size, self.config.input_size))
         scores, maps = self.model.predict(images, scoring=self.config.scoring, top_fraction=self.config.top_fraction)
         height, width = batch.images.shape[-2:]
         if maps.shape[-2:] != (height, width):

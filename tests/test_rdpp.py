@@ -23,13 +23,13 @@ from baselines.base import Setting
 from baselines.rdpp import RDPP, RDPPArch, RDPPConfig, RDPPModel, load_official
 from baselines.training import Recipe, train_head
 
-TINY = RDPPArch(base=8)
+TINY = RDPPArch(channels=(32, 64, 128))
 SMALL = {"backbone": "wide_resnet50_2_tiny", "encoder_weights": "random", "input_size": 64, "batch_size": 4, "device": "cpu", "seed": 0}
 
 
 def tiny_model(arch: RDPPArch = TINY, seed: int = 0) -> RDPPModel:
     torch.manual_seed(seed)
-    model = RDPPModel(arch, WideResNet50(base=arch.base))
+    model = RDPPModel(arch, WideResNet50(base=arch.channels[0] // 4) if arch.channels != (24, 40, 112) else None)
     model.mixed_precision = False
     return model
 
@@ -49,7 +49,7 @@ def test_load_official_strict_in_both_layouts(tmp_path) -> None:
     with pytest.raises(ValueError, match="missing 'decoder.layer1.0.conv1.weight'"):
         load_official({"proj": official["proj"], "bn": official["bn"], "decoder": {}}, encoder_weights="random")
     # the M2AD release: narrower OCBE (timm Bottleneck, base_width 64), no conv4 / bn4, other prefixes
-    m2ad_arch = RDPPArch(base=8, ocbe_width_factor=1, ocbe_spare_conv=False)
+    m2ad_arch = RDPPArch(channels=(32, 64, 128), ocbe_width_factor=1, ocbe_spare_conv=False)
     m2ad_state = tiny_model(m2ad_arch).state_dict()
     renamed = {key.replace("proj.", "proj_layer.", 1).replace("bn.", "mff_oce.", 1).replace("decoder.", "net_s.", 1).replace("encoder.", "net_t.", 1): value
                for key, value in m2ad_state.items()}
@@ -71,6 +71,9 @@ def test_shapes_of_the_three_scales() -> None:
     for maps in (out.teacher, out.student, out.projected, out.noisy_teacher, out.noisy_projected):
         assert [tuple(m.shape) for m in maps] == expected
     assert tuple(code.shape) == (2, 256, 2, 3)
+    lite = tiny_model(RDPPArch(channels=(24, 40, 112))).eval()  # our offline teacher: EfficientNet-Lite0's strides 4, 8, 16
+    with torch.no_grad():
+        assert [tuple(m.shape) for m in lite(torch.randn(1, 3, 64, 64)).student] == [(1, 24, 16, 16), (1, 40, 8, 8), (1, 112, 4, 4)]
     with torch.device("meta"):  # the real widths, shapes only
         official = RDPPModel(RDPPArch(), WideResNet50()).eval()
         assert [tuple(m.shape) for m in official(torch.randn(1, 3, 256, 256)).student] == [(1, 256, 64, 64), (1, 512, 32, 32), (1, 1024, 16, 16)]
