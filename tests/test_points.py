@@ -454,3 +454,24 @@ def test_synth_writes_a_real3d_tree_that_runs_end_to_end(tmp_path: Path) -> None
     [joined] = (tmp_path / "run" / "predictions").glob("*.parquet")
     scored = runner.invoke(app, ["evaluate", "--protocol", "real3d-ad", "--data", str(tmp_path / "shards"), "--predictions", str(joined)])
     assert scored.exit_code == 0 and "point_auroc" in scored.output, scored.output
+
+
+def test_the_manual_download_takes_the_zip_by_hand(tmp_path: Path) -> None:
+    """What the card says: `m2ad download real3d-ad --out OUT --source PATH/real3d-ad-pcd.zip
+    --insecure-skip-verify` (no checksum is published); without a source, one line says where
+    to get it.  A point-cloud dataset is stored at `original`, whatever --resolution."""
+    spec = get("real3d-ad")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    spec.fixture.write(tree, categories=("shell",), normal_specimens=2, ng_specimens=1, resolution=16, seed=0, workers=1, progress=False)
+    [archive] = spec.fixture.pack(tree, tmp_path / "release")
+    common = ["download", "real3d-ad", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "-c", "shell"]
+    refused = runner.invoke(app, common)
+    assert refused.exit_code != 0 and "cannot be downloaded automatically" in " ".join(refused.output.split())
+    refused = runner.invoke(app, [*common, "--source", str(archive)])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    fetched = runner.invoke(app, [*common, "--source", str(archive), "--insecure-skip-verify", "--workers", "1"])
+    assert fetched.exit_code == 0, fetched.output
+    info = DatasetInfo.read(tmp_path / "out")
+    assert info.resolution == "original" and load_manifest(tmp_path / "out").height == 3
+    assert "unverified" in (tmp_path / "out" / "README.md").read_text()
