@@ -7,6 +7,7 @@ runner (``random`` on points) and a leaderboard board."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +230,7 @@ def sklearn_reference(manifest: pl.DataFrame, truth: dict[str, tuple[np.ndarray,
     category_of = dict(zip(manifest["sample_id"], manifest["category"]))
     label_of = dict(zip(manifest["sample_id"], manifest["label"]))
     out = {}
-    for category in sorted(set(category_of[sample_id] for sample_id in ids)):
+    for category in sorted({category_of[sample_id] for sample_id in ids}):
         rows = [index for index, sample_id in enumerate(ids) if category_of[sample_id] == category]
         labels = [label_of[ids[index]] for index in rows]
         scores = [object_scores[index] for index in rows]
@@ -448,6 +449,10 @@ def test_synth_writes_a_real3d_tree_that_runs_end_to_end(tmp_path: Path) -> None
     assert info.dataset == "real3d-ad-synth" and info.spec == "real3d-ad"
     manifest = load_manifest(tmp_path / "shards")
     assert manifest["num_points"].n_unique() > 1  # ragged clouds
+    shown = runner.invoke(app, ["info", str(tmp_path / "shards")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "clouds" in shown.output, shown.output
+    per_unit = manifest.group_by(["category", "split"]).agg(pl.col("num_points").sum())
+    assert all(f"{total:,}" in shown.output for total in per_unit["num_points"])
     ran = runner.invoke(app, ["run", "--protocol", "real3d-ad", "--method", "random", "--data", str(tmp_path / "shards"),
                               "--out", str(tmp_path / "run"), "--executor", "local", "--no-progress"])
     assert ran.exit_code == 0, ran.output
@@ -475,3 +480,63 @@ def test_the_manual_download_takes_the_zip_by_hand(tmp_path: Path) -> None:
     info = DatasetInfo.read(tmp_path / "out")
     assert info.resolution == "original" and load_manifest(tmp_path / "out").height == 3
     assert "unverified" in (tmp_path / "out" / "README.md").read_text()
+
+
+class NearestTrainingPoint:
+    """A toy fitted point method: per-point distance to the nearest training point (the
+    centred clouds, as the official loader centres them); checks what fit and predict get."""
+
+    name = "nearest-training-point"
+    card = baselines.base.MethodCard(inputs=("points",), outputs=("point_map",))
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: object = None) -> None:
+        self.config = config
+        self.memory = np.zeros((0, 3), np.float32)
+        self.seen: list[str] = []
+
+    def fit(self, train, setting=None) -> None:  # noqa: ANN001 - the runner's TrainBatches and Setting
+        for batch in train:
+            assert batch.images is None and all(cloud.shape[1] == 3 for cloud in batch.points)
+            self.seen += batch.sample_ids
+            self.memory = np.concatenate([self.memory, *(cloud - cloud.mean(axis=0) for cloud in batch.points)])
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, list[np.ndarray]]:
+        maps = [np.sqrt((((cloud - cloud.mean(axis=0))[:, None] - self.memory[None]) ** 2).sum(-1).min(1)) for cloud in batch.points]
+        return np.array([values.max() for values in maps]), maps
+
+    def state_dict(self) -> dict:
+        import torch
+
+        return {"memory": torch.from_numpy(self.memory)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory = state["memory"].numpy()
+
+
+def test_a_fitted_point_method_trains_on_clouds_and_is_reloaded(hand_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "NearestTrainingPoint", NearestTrainingPoint)
+    monkeypatch.setitem(baselines._REGISTRY, "nearest-training-point", f"{__name__}:NearestTrainingPoint")
+    out = tmp_path / "run"
+    result = run(RunConfig(protocol="real3d-ad", methods=("nearest-training-point",), data=hand_shards, out=out, executor="local"),
+                 progress=False)
+    assert result.ok and result.failed == [], result
+    manifest = load_manifest(hand_shards)
+    [joined] = (out / "predictions").glob("*.parquet")
+    rows = {sample_id: values for batch in predictions.read(joined).iter_batches() for sample_id, values in zip(batch.sample_ids, batch.maps)}
+    clouds = dict(zip(manifest["sample_id"], read_points(hand_shards, manifest)[0]))
+    for category in CLOUDS:  # the reloaded fit predicts what a fresh one fitted on the category's training clouds does
+        reference = NearestTrainingPoint()
+        train = manifest.filter((pl.col("category") == category) & (pl.col("split") == "train"))
+        reference.fit([Batch(train["sample_id"].to_list(), None, train["category"].to_list(), [None] * train.height, [None] * train.height,
+                             points=[clouds[i] for i in train["sample_id"]])])
+        test_ids = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test"))["sample_id"].to_list()
+        _, expected = reference.predict(Batch(test_ids, None, [category] * len(test_ids), [None] * len(test_ids), [None] * len(test_ids),
+                                              points=[clouds[i] for i in test_ids]))
+        for sample_id, values in zip(test_ids, expected):
+            assert np.allclose(rows[sample_id], values.astype(np.float16), rtol=1e-3), sample_id
