@@ -560,3 +560,26 @@ def test_a_fitted_point_method_trains_on_clouds_and_is_reloaded(hand_shards: Pat
                                               points=[clouds[i] for i in test_ids]))
         for sample_id, values in zip(test_ids, expected):
             assert np.allclose(rows[sample_id], values.astype(np.float16), rtol=1e-3), sample_id
+
+
+def test_surface_clouds_have_labelled_bulges_and_sinks() -> None:
+    """The fixture's clouds: points on the solid's surface, a defect displacing a labelled patch
+    along the normals (outwards for a bulge, inwards for a sink), reproducible per seed."""
+    from m2ad.render import _variants, surface_cloud
+
+    normal = surface_cloud("Cube", "", 0, 7, 500)
+    assert normal.points.shape == (500, 3) and normal.points.dtype == np.float32 and not normal.labels.any()
+    again = surface_cloud("Cube", "", 0, 7, 500)
+    assert np.array_equal(normal.points, again.points) and not np.array_equal(normal.points, surface_cloud("Cube", "", 1, 7, 500).points)
+    for defect, sign in (("bulge", 1), ("sink", -1)):
+        cloud = surface_cloud("Ring", defect, 3, 7, 2000)
+        assert cloud.defect == defect and 0 < cloud.labels.sum() < 2000 * 0.2
+        # undo the pose: the labelled points leave the solid's surface on the defect's side
+        # (the SDF's sign), the others stay on it (up to the 2e-3 noise)
+        sdf = next(variant.sdf for variant in _variants("Ring") if variant.name == cloud.variant)
+        depth = sdf(((cloud.points / cloud.scale) @ cloud.rotation).astype(np.float64))
+        inside = cloud.labels == 1
+        assert np.abs(depth[~inside]).max() < 0.02
+        assert np.median(sign * depth[inside]) > 0.02 and (sign * depth[inside] > -0.01).all()
+    with pytest.raises(ValueError, match="unknown point-cloud defect"):
+        surface_cloud("Cube", "scratch", 0, 0, 10)
