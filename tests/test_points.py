@@ -26,7 +26,7 @@ from leaderboard.store import Store
 from leaderboard.submit import submit
 from m2ad import predictions
 from m2ad.cli import app
-from m2ad.data import iter_batches, load_manifest, read_points
+from m2ad.data import iter_batches, load_manifest, read_images, read_masks, read_points
 from m2ad.datasets import get
 from m2ad.pointcloud import PointCloudError, read_labelled_text, read_pcd
 from m2ad.run import RunConfig, run
@@ -199,6 +199,10 @@ def test_batches_hand_methods_lists_of_clouds(hand_tree: tuple[Path, dict], hand
         for sample_id, cloud, labels in zip(batch.sample_ids, batch.points, batch.point_labels):
             assert np.array_equal(cloud, hand_tree[1][sample_id][0]) and np.array_equal(labels, hand_tree[1][sample_id][1])
     assert next(iter(iter_batches(hand_shards, manifest, batch_size=2))).point_labels is None
+    with pytest.raises(ValueError, match=r"point-cloud samples: they have no images; read points\(frame\) instead"):
+        read_images(hand_shards, manifest)
+    with pytest.raises(ValueError, match="they have no masks"):
+        read_masks(hand_shards, manifest)
     with pytest.raises(ValueError, match="needs images or points"):
         Batch(["a"], None, ["c"], [None], [None])
     with pytest.raises(ValueError, match=r"must be \(N, 3\) arrays"):
@@ -560,6 +564,16 @@ def test_a_fitted_point_method_trains_on_clouds_and_is_reloaded(hand_shards: Pat
                                               points=[clouds[i] for i in test_ids]))
         for sample_id, values in zip(test_ids, expected):
             assert np.allclose(rows[sample_id], values.astype(np.float16), rtol=1e-3), sample_id
+    # a saved fit scores data again (`m2ad predict`): a point file, the same per-point scores
+    from m2ad.run.cell import predict_with_fit
+
+    fit_dir = next((out / "fits").glob("nearest-training-point__duck__seed*"))
+    predict_with_fit(fit_dir, hand_shards, tmp_path / "again.parquet")
+    again = predictions.read(tmp_path / "again.parquet")
+    assert again.map_kind == "point"
+    for batch in again.iter_batches():
+        for sample_id, values in zip(batch.sample_ids, batch.maps):
+            assert np.array_equal(values, rows[sample_id]), sample_id
 
 
 def test_surface_clouds_have_labelled_bulges_and_sinks() -> None:
