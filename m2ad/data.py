@@ -223,6 +223,29 @@ class ShardReader:
         assert pending.images is not None
         return torch.from_numpy(pending.images)
 
+    def modality(self, frame: pl.DataFrame, name: str) -> np.ndarray:
+        """The arrays of modality ``name`` (e.g. ``xyz``: float32 (B, 3, H, W)) for the rows of
+        ``frame``, in frame order, decoded in the threads; a row without that file raises."""
+        modality = modalities.get(name)
+        height, width = _uniform_size(frame) if frame.height else (0, 0)
+        shape, dtype = modality.slot(height, width)
+        columns = list(modality.features)
+        out = np.zeros((frame.height, *shape), dtype=dtype)
+        encoded = self.encoded(frame, columns[0])
+        sample_ids = frame["sample_id"].to_list()
+
+        def decode(index: int) -> None:
+            if encoded[index] is None:
+                raise ValueError(f"{sample_ids[index]} has no {name}")
+            try:
+                modality.decode_into(encoded[index], out[index])
+            except Exception as error:
+                raise ValueError(f"{sample_ids[index]}: cannot decode its {name}: {error}") from error
+
+        for future in [self._pool.submit(decode, index) for index in range(frame.height)]:
+            future.result()
+        return out
+
     def masks(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray:
         """The masks of ``frame`` under ``mask_rule`` as bool (B, H, W); all False where a
         sample has none.  A pixel is foreground where the mask's stored value is non-zero."""
@@ -276,3 +299,9 @@ def read_masks(root: str | Path, frame: pl.DataFrame, mask_rule: str = "exact", 
     """All masks of ``frame`` under ``mask_rule`` as bool (N, H, W)."""
     with ShardReader(root, threads=threads) as reader:
         return reader.masks(frame, mask_rule)
+
+
+def read_modality(root: str | Path, frame: pl.DataFrame, name: str, *, threads: int | None = None) -> np.ndarray:
+    """All arrays of modality ``name`` for ``frame`` (``ShardReader.modality``)."""
+    with ShardReader(root, threads=threads) as reader:
+        return reader.modality(frame, name)

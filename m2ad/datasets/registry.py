@@ -27,6 +27,8 @@ DATASET_PACKAGES: dict[str, str] = {
     "visa": "m2ad.datasets.visa",
     "real-iad": "m2ad.datasets.real_iad",
     "folder": "m2ad.datasets.folder",
+    "mvtec-3d": "m2ad.datasets.mvtec_3d",
+    "eyecandies": "m2ad.datasets.eyecandies",
 }
 """Registry name -> package holding its ``SPEC``."""
 

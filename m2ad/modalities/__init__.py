@@ -19,6 +19,9 @@ from m2ad.modalities.base import Modality
 MODALITY_MODULES: dict[str, str] = {
     "image": "m2ad.modalities.image",
     "mask": "m2ad.modalities.mask",
+    "xyz": "m2ad.modalities.xyz",
+    "depth": "m2ad.modalities.depth",
+    "normals": "m2ad.modalities.normals",
 }
 """Modality name -> module holding its ``MODALITY``."""
 
