@@ -19,6 +19,8 @@ PROTOCOL_MODULES: dict[str, str] = {
     "synergy": "protocols.synergy",
     "standard": "protocols.standard",
     "realiad-sample": "protocols.realiad_sample",
+    "mvtec-3d": "protocols.mvtec_3d",
+    "eyecandies": "protocols.eyecandies",
 }
 """Registry name -> module holding its ``SPEC``."""
 

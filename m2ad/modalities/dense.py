@@ -54,9 +54,10 @@ def tiff_shape(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def tiff_bytes(array: np.ndarray) -> bytes:
-    """A lossless TIFF of ``array`` (float32 maps stay bit-exact)."""
+    """A lossless TIFF of an (H, W, 3) ``array``, three contiguous samples per pixel (float32
+    maps stay bit-exact)."""
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array, compression=TIFF_COMPRESSION)
+    tifffile.imwrite(buffer, array, photometric="rgb", compression=TIFF_COMPRESSION)
     return buffer.getvalue()
 
 

@@ -136,6 +136,8 @@ class EyecandiesLayout(Layout):
             problems.append(Problem("unknown-category", f"{wrapper}{category}",
                                     f"folder with {count} files, but {category!r} is no category of {dataset_name} ({', '.join(self.categories)})"))
         for category in sorted(present - {key[0] for key in samples} - set(unknown_categories)):
+            if categories is not None and category not in categories:
+                continue
             problems.append(Problem("empty-category", f"{wrapper}{category}", f"the category folder {category!r} holds no samples"))
         records, left_out = self._records(source, dataset_name, wrapper, samples, problems)
         notes = [f"`{split}`: {count} samples of {category} not sharded" + (" (labels withheld)" if split == "test_private" else "")

@@ -60,7 +60,7 @@ def _write_one(task: _Task) -> None:
     for kind in ("rgb", "xyz", *(("gt",) if task.with_mask else ())):
         (folder / kind).mkdir(parents=True, exist_ok=True)
     Image.fromarray(surface.images[0], mode="RGB").save(folder / f"rgb/{task.number:03d}.png")
-    tifffile.imwrite(folder / f"xyz/{task.number:03d}.tiff", surface.xyz)
+    tifffile.imwrite(folder / f"xyz/{task.number:03d}.tiff", surface.xyz, photometric="rgb")
     if task.with_mask:
         mask = surface.mask if surface.mask is not None else np.zeros(surface.xyz.shape[:2], bool)
         Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(folder / f"gt/{task.number:03d}.png")

@@ -110,6 +110,8 @@ class MVTec3DLayout(Layout):
                                     f"folder with {count} files, but {category!r} is no category of {dataset_name} ({', '.join(self.categories)})"))
         with_samples = {key[0] for key in samples}
         for category in sorted(present - with_samples - set(unknown_categories)):
+            if categories is not None and category not in categories:
+                continue
             problems.append(Problem("empty-category", f"{wrapper}{category}", f"the category folder {category!r} holds no scans"))
         records, left_out = self._records(dataset_name, wrapper, samples, problems)
         notes = [f"`validation`: {count} normal scans of {category} not sharded (the literature trains on `train` only)"
