@@ -3,7 +3,8 @@ neighbour resizing, TIFF reading and writing, and the size check against the sam
 
 Resizing at a shard resolution is **nearest neighbour**: target pixel (i, j) of an (h, w) map
 takes source pixel ``(floor((i + 0.5) * H / h), floor((j + 0.5) * W / w))``, the source pixel
-under the target pixel's centre (what PIL's ``NEAREST`` filter does).  No value is ever
+under the target pixel's centre, in exact integer arithmetic (PIL's ``NEAREST`` filter aims at
+the same centres in floating point and can land one pixel off on an exact boundary).  No value is ever
 interpolated, so a no-data pixel (xyz ``(0, 0, 0)``) never blends into its valid neighbours and
 a stored point is always a point the scanner measured.  Bilinear or antialiased filtering would
 invent points half-way between the object and the zeros around it.
