@@ -33,7 +33,7 @@ from m2ad import modalities
 from m2ad.modalities.mask import COLUMNS as _MASK_COLUMNS
 from m2ad.schema import CORE_MANIFEST_COLUMNS, MANIFEST_FILE, MASK_RULES, DatasetInfo
 
-__all__ = ["LoadedBatch", "ShardReader", "iter_batches", "load_manifest", "read_images", "read_masks", "read_points"]
+__all__ = ["LoadedBatch", "ShardReader", "iter_batches", "load_manifest", "read_images", "read_masks", "read_modality", "read_points"]
 
 _LOCATION_COLUMNS = ("sample_id", "shard_dir", "shard_row", "width", "height")
 
@@ -295,6 +295,29 @@ class ShardReader:
         assert pending.images is not None
         return torch.from_numpy(pending.images)
 
+    def modality(self, frame: pl.DataFrame, name: str) -> np.ndarray:
+        """The arrays of modality ``name`` (e.g. ``xyz``: float32 (B, 3, H, W)) for the rows of
+        ``frame``, in frame order, decoded in the threads; a row without that file raises."""
+        modality = modalities.get(name)
+        height, width = _uniform_size(frame) if frame.height else (0, 0)
+        shape, dtype = modality.slot(height, width)
+        columns = list(modality.features)
+        out = np.zeros((frame.height, *shape), dtype=dtype)
+        encoded = self.encoded(frame, columns[0])
+        sample_ids = frame["sample_id"].to_list()
+
+        def decode(index: int) -> None:
+            if encoded[index] is None:
+                raise ValueError(f"{sample_ids[index]} has no {name}")
+            try:
+                modality.decode_into(encoded[index], out[index])
+            except Exception as error:
+                raise ValueError(f"{sample_ids[index]}: cannot decode its {name}: {error}") from error
+
+        for future in [self._pool.submit(decode, index) for index in range(frame.height)]:
+            future.result()
+        return out
+
     def masks(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray:
         """The masks of ``frame`` under ``mask_rule`` as bool (B, H, W); all False where a
         sample has none.  A pixel is foreground where the mask's stored value is non-zero."""
@@ -361,3 +384,9 @@ def read_points(root: str | Path, frame: pl.DataFrame, *, with_labels: bool = Fa
         pending = reader._submit_points(frame, with_labels=with_labels).wait()
         assert pending.points is not None
         return pending.points, pending.point_labels
+
+
+def read_modality(root: str | Path, frame: pl.DataFrame, name: str, *, threads: int | None = None) -> np.ndarray:
+    """All arrays of modality ``name`` for ``frame`` (``ShardReader.modality``)."""
+    with ShardReader(root, threads=threads) as reader:
+        return reader.modality(frame, name)
