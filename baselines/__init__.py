@@ -22,6 +22,7 @@ _REGISTRY: dict[str, str] = {
     "inpformer": "baselines.inpformer:INPFormer",
     "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
     "patchcore": "baselines.patchcore:PatchCore",
+    "pnpt": "baselines.pnpt:PNPT",
     "random": "baselines.random:RandomMethod",
 }
 

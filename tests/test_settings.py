@@ -238,6 +238,8 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "inpformer-pp": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "epochs": 1, "batch_size": 4,
                      "warmup_iters": 0, "map_size": 56, "device": "cpu", "seg_channels": (8, 4)},
     "patchcore": {"backbone": "efficientnet_lite0"},
+    "pnpt": {"backbone": "dinov2_tiny", "backbone_weights": "random", "image_size": 56, "dim": 16, "heads": 2, "encoder_depth": 1,
+             "decoder_depth": 1, "prompts_per_class": 3, "epochs": 1, "batch_size": 4, "device": "cpu"},
     "random": {},
 }
 
