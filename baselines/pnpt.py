@@ -230,10 +230,10 @@ class PNPTModel(nn.Module):
         self.stream_names = ("self", "prior") if config.streams == "dual" else (config.streams,)
         if "self" in self.stream_names:
             self.self_stream = nn.ModuleList(SelfStreamBlock(dim, heads, self.uses_prompts) for _ in range(config.decoder_depth))
-            self.self_heads = nn.ModuleList(nn.Linear(dim, channels) for channels in level_channels)
+            self.self_out = nn.ModuleList(nn.Linear(dim, channels) for channels in level_channels)
         if "prior" in self.stream_names:
             self.prior_stream = nn.ModuleList(PriorStreamBlock(dim, heads) for _ in range(config.decoder_depth))
-            self.prior_heads = nn.ModuleList(nn.Linear(dim, channels) for channels in level_channels)
+            self.prior_out = nn.ModuleList(nn.Linear(dim, channels) for channels in level_channels)
         self.dim = dim
 
     def forward(self, levels: list[torch.Tensor], pool_index: torch.Tensor | None) -> dict[str, list[torch.Tensor]]:
@@ -252,10 +252,10 @@ class PNPTModel(nn.Module):
         outputs: dict[str, list[torch.Tensor]] = {}
         for name in self.stream_names:
             stream = tokens
-            blocks, heads = (self.self_stream, self.self_heads) if name == "self" else (self.prior_stream, self.prior_heads)
+            blocks, projections = (self.self_stream, self.self_out) if name == "self" else (self.prior_stream, self.prior_out)
             for block in blocks:
                 stream = block(stream, prompts)
-            outputs[name] = [head(stream).transpose(1, 2).reshape(batch, -1, height, width) for head in heads]
+            outputs[name] = [projection(stream).transpose(1, 2).reshape(batch, -1, height, width) for projection in projections]
         return outputs
 
 
@@ -351,6 +351,7 @@ class PNPT:
         return [self.classes[index] for index in self._class_index(batch, self.levels(self._inputs(batch.images))).tolist()]
 
     def _class_index(self, batch: Batch, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Index into ``classes`` of each image: the nearest key to its query, or its category (``label``)."""
         if self.config.prompt_selection == "label":
             unknown = sorted(set(batch.categories) - set(self.classes))
             if unknown:
@@ -380,12 +381,9 @@ class PNPT:
         class_index = torch.tensor([self.classes.index(category) for category in categories])
         self.model = self._new_model()
         model, config = self.model, self.config
-        mean = torch.tensor(registry.spec(config.backbone).mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(registry.spec(config.backbone).std, device=self.device).view(1, 3, 1, 1)
 
         def loss(indices: torch.Tensor, iteration: int) -> torch.Tensor:
-            inputs = (images[indices.cpu()].to(self.device).float() / 255.0 - mean) / std
-            levels = self.levels(inputs)
+            levels = self.levels(registry.normalize(images[indices.cpu()].to(self.device), config.backbone))
             return reconstruction_loss(levels, model(levels, self._pool_index(class_index[indices.cpu()].to(self.device))))
 
         recipe = Recipe(optimizer="adamw", lr=config.lr, weight_decay=config.weight_decay, schedule="warm-cosine", final_lr=0.0,

@@ -4,12 +4,21 @@ loop references, and one-line refusals of bad options, on a tiny random-weight e
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import polars as pl
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import baselines
 from baselines.pnpt import PNPT, PNPTConfig, reconstruction_loss, select_by_query, stream_maps, vit_layers
+from m2ad import predictions
+from m2ad.run import RunConfig, run
+from m2ad.shard import shard_tree
+from m2ad.synth import generate
 from textures import method_batch, textures
 
 TINY = {"backbone": "dinov2_tiny", "backbone_weights": "random", "image_size": 56, "dim": 16, "heads": 2, "encoder_depth": 1,
@@ -176,3 +185,23 @@ def test_bad_options_are_refused_in_one_line(kwargs: dict, message: str) -> None
 def test_cli_arguments_are_typed() -> None:
     kwargs = baselines.parse_method_args("pnpt", ["layers=layer2,layer3", "prompt_pool=shared", "grad_clip=none", "epochs=3"])
     assert kwargs == {"layers": ("layer2", "layer3"), "prompt_pool": "shared", "grad_clip": None, "epochs": 3}
+
+
+@pytest.mark.slow
+def test_a_multi_class_run_trains_one_model_with_a_prompt_set_per_category(tmp_path: Path) -> None:
+    tree = generate(tmp_path / "tree", categories=("Cube", "Ring"), normal_specimens=2, ng_specimens=1, resolution=32, workers=1, progress=False)
+    shard_tree(tree, tmp_path / "shards", progress=False)
+    small = {**TINY, "epochs": 3, "batch_size": 16, "smoothing_sigma": 2.0}
+    config = RunConfig(protocol="invariant", data=tmp_path / "shards", out=tmp_path / "run", executor="local", methods=("pnpt", "random"),
+                       setting="multi-class", method_args={"pnpt": small})
+    result = run(config, progress=False)
+    (fit_dir,) = (result.run_dir / "fits").iterdir()
+    assert fit_dir.name == "pnpt__all-categories__seed0"
+    state = load_file(fit_dir / "state.safetensors")
+    assert json.loads(bytes(state["class_names"].tolist()).decode()) == ["Cube", "Ring"] and state["model.pool"].shape[0] == 2
+    values = {(row["method"], row["category"], row["metric"]): row["value"]
+              for row in pl.read_parquet(result.run_dir / "metrics.parquet").iter_rows(named=True)}
+    for category in ("Cube", "Ring"):
+        assert values[("pnpt", category, "pixel_auroc")] > values[("random", category, "pixel_auroc")] + 0.1
+        header = predictions.read(result.run_dir / "cells" / f"pnpt__{category}__seed0" / "predictions.parquet").info().metadata
+        assert header["reimplemented_from"] == PNPT.card.reimplemented_from
