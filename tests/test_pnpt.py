@@ -205,3 +205,12 @@ def test_a_multi_class_run_trains_one_model_with_a_prompt_set_per_category(tmp_p
         assert values[("pnpt", category, "pixel_auroc")] > values[("random", category, "pixel_auroc")] + 0.1
         header = predictions.read(result.run_dir / "cells" / f"pnpt__{category}__seed0" / "predictions.parquet").info().metadata
         assert header["reimplemented_from"] == PNPT.card.reimplemented_from
+
+
+def test_a_cnn_backbone_pools_its_levels_to_the_coarsest_grid(data: dict[str, torch.Tensor]) -> None:
+    method = baselines.create("pnpt", **{**TINY, "backbone": "efficientnet_lite0", "image_size": 64, "epochs": 1})
+    levels = method.levels(method._inputs(data["red"][:2]))
+    assert [tuple(level.shape) for level in levels] == [(2, 24, 4, 4), (2, 40, 4, 4), (2, 112, 4, 4)]  # strides 4, 8, 16 at 64 px
+    method.fit(_multi_class_batch(data))
+    scores, maps = method.predict(_test_batch(data))
+    assert scores.shape == (6,) and maps.shape == (6, 56, 56) and np.isfinite(maps).all()
