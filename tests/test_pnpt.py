@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import baselines
+from baselines.backbones import registry
 from baselines.pnpt import PNPT, PNPTConfig, reconstruction_loss, select_by_query, stream_maps, vit_layers
 from m2ad import predictions
 from m2ad.run import RunConfig, run
@@ -214,3 +215,16 @@ def test_a_cnn_backbone_pools_its_levels_to_the_coarsest_grid(data: dict[str, to
     method.fit(_multi_class_batch(data))
     scores, maps = method.predict(_test_batch(data))
     assert scores.shape == (6,) and maps.shape == (6, 56, 56) and np.isfinite(maps).all()
+
+
+def test_weights_from_a_file_are_not_saved_in_the_state(data: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(registry.load_backbone("efficientnet_lite0", "random").state_dict(), tmp_path / "lite0.pt")
+    config = {**TINY, "backbone": "efficientnet_lite0", "backbone_weights": str(tmp_path / "lite0.pt"), "image_size": 64, "epochs": 1}
+    method = baselines.create("pnpt", **config)
+    method.fit(_multi_class_batch(data))
+    state = method.state_dict()
+    assert not any(key.startswith("backbone.") for key in state)
+    restored = baselines.create("pnpt", **{**config, "seed": None})
+    restored.load_state_dict(state)
+    np.testing.assert_array_equal(restored.predict(_test_batch(data))[1], method.predict(_test_batch(data))[1])
