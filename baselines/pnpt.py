@@ -362,6 +362,7 @@ class PNPT:
     # -- fit / predict ---------------------------------------------------------------------------
 
     def _new_model(self) -> PNPTModel:
+        """A fresh model for ``classes`` (its level widths probed on a blank image), initialised from ``seed``."""
         probe = self.levels(torch.zeros(1, 3, self.config.image_size, self.config.image_size, device=self.device))
         pool_size = len(self.classes) if self.config.prompt_pool == "class" else 1
         with torch.random.fork_rng(devices=[]):
