@@ -5,6 +5,7 @@ check of the MVTec 3D-AD archive, the leaderboard tables, and the command line e
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -14,12 +15,15 @@ import numpy as np
 import polars as pl
 import pytest
 import tifffile
+import torch
 from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
+import baselines
 import protocols
+from baselines.base import Batch, MethodCard, Setting
 from leaderboard.aggregate import split_tables, summarize
 from leaderboard.store import Store
 from leaderboard.submit import submit
@@ -31,7 +35,9 @@ from m2ad.metrics import pixel_metrics, sampled_aupro
 from m2ad.modalities import get as modality
 from m2ad.modalities.base import Encoded, Refused, ResizeLimits
 from m2ad.modalities.dense import resize_nearest
+from m2ad.predictions import read as read_predictions
 from m2ad.predictions import write as write_predictions
+from m2ad.run import RunConfig, run
 from m2ad.schema import MANIFEST_FILE, DatasetInfo
 from m2ad.shard import ShardError, shard_tree
 from protocols.evaluate import evaluate
@@ -539,3 +545,52 @@ def test_synth_shard_run_evaluate_and_submit_end_to_end(dataset: str, tmp_path: 
            progress=False)
     tables = [key for key, _ in split_tables(summarize(store.read().filter(pl.col("source") == "submission")))]
     assert [key["protocol"] for key in tables] == [protocol] and tables[0]["dataset"] == f"{dataset}-synth"
+
+
+# ------------------------------------------------------------------------------ xyz reaches the method
+
+
+class XyzProbe:
+    """A method that reads ``Batch.modalities["xyz"]``: its fit keeps the mean |z| of the training
+    maps; its map is |z| minus that mean, its score the map's maximum."""
+
+    name = "xyz-probe"
+    card = MethodCard(inputs=("image+xyz",), outputs=("pixel_map",))
+    Config = dataclasses.make_dataclass("XyzProbeConfig", [])
+
+    def __init__(self, config: object = None) -> None:
+        self.level = torch.zeros(())
+
+    def fit(self, train: object, setting: Setting = Setting()) -> None:
+        values = [batch.modalities["xyz"][:, 2].abs().mean() for batch in train]
+        self.level = torch.stack(values).mean()
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        xyz = batch.modalities["xyz"]
+        assert xyz.dtype == torch.float32 and xyz.shape == (len(batch), 3, *batch.images.shape[-2:])
+        maps = (xyz[:, 2].abs() - self.level).numpy()
+        return maps.reshape(len(batch), -1).max(axis=1), maps
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"level": self.level}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.level = state["level"]
+
+
+def test_the_runner_hands_xyz_to_a_method_that_reads_it(mvtec_3d: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, clouds, original, _ = mvtec_3d
+    monkeypatch.setitem(baselines._REGISTRY, "xyz-probe", "test_rgb3d:XyzProbe")
+    result = run(RunConfig(protocol="mvtec-3d", methods=("xyz-probe",), data=original, out=tmp_path / "run", executor="local",
+                           map_dtype="float32", batch_size=4), progress=False)
+    assert result.ok
+    manifest = pl.read_parquet(original / MANIFEST_FILE)
+    for category in ("bagel", "tire"):
+        train = manifest.filter((pl.col("category") == category) & (pl.col("split") == "train"))
+        level = np.mean([np.abs(clouds["mvtec_3d_anomaly_detection/" + sid.split("/", 1)[1]][..., 2]).mean() for sid in train["sample_id"]])
+        written = read_predictions(tmp_path / "run/predictions/xyz-probe__seed0.parquet").lookup(manifest.filter(pl.col("split") == "test")["sample_id"])
+        assert written.maps is not None
+        for sample_id, anomaly_map in zip(written.sample_ids, written.maps):
+            if f"/{category}/" in sample_id:
+                expected = np.abs(clouds["mvtec_3d_anomaly_detection/" + sample_id.split("/", 1)[1]][..., 2]) - level
+                np.testing.assert_allclose(anomaly_map, expected, rtol=1e-5, atol=1e-4)
