@@ -172,6 +172,12 @@ class _PendingBatch:
         return LoadedBatch(ids, torch.from_numpy(self.images), self.masks, self.frame, modalities=self.extra)
 
 
+def _refuse_clouds(frame: pl.DataFrame, what: str, instead: str) -> None:
+    """One clear line when image data is asked of point-cloud samples."""
+    if "num_points" in frame.columns:
+        raise ValueError(f"these are point-cloud samples: they have no {what}; read {instead} instead")
+
+
 class ShardReader:
     """Decodes the images and masks of one sharded dataset in a pool of threads.
 
@@ -293,6 +299,7 @@ class ShardReader:
 
     def images(self, frame: pl.DataFrame) -> torch.Tensor:
         """The images of ``frame`` as one uint8 tensor (B, 3, H, W), in frame order."""
+        _refuse_clouds(frame, "images", "points(frame)")
         pending = self._submit(frame).wait()
         assert pending.images is not None
         return torch.from_numpy(pending.images)
@@ -330,6 +337,7 @@ class ShardReader:
         sample has none.  A pixel is foreground where the mask's stored value is non-zero."""
         if mask_rule not in MASK_RULES:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
+        _refuse_clouds(frame, "masks", "point_labels(frame)")
         pending = self._submit(frame, with_images=False, mask_rule=mask_rule).wait()
         assert pending.masks is not None
         return pending.masks
