@@ -19,7 +19,7 @@ from baselines.backbones.hrnet import HRNET_PRESETS, HRNet
 from baselines.cdo import CDO, CDOConfig, CDOModel, cdo_loss, load_official, official_map, synthesize, white_noise
 from textures import method_batch, textures
 
-SMALL = dict(backbone="hrnet_tiny", expert_weights="random", input_size=56, batch_size=4, device="cpu", seed=0)
+SMALL = {"backbone": "hrnet_tiny", "expert_weights": "random", "input_size": 56, "batch_size": 4, "device": "cpu", "seed": 0}
 
 
 def random_model(normalize: bool = False, seed: int = 0) -> CDOModel:
