@@ -790,6 +790,8 @@ def download_dataset(
         raise DownloadError(str(error.args[0])) from None
     if not spec.files:
         raise DownloadError(f"{spec.name} has nothing to download: {getattr(spec.source, 'instructions', '')}")
+    if spec.modalities[0] == "points":
+        resolution = "original"  # point clouds are stored as released (m2ad.shard.shard_tree)
     check_resolution(spec, resolution, allow_upsample)
     by_lower = {category.lower(): category for category in spec.categories}
     wanted = list(spec.categories) if not categories else [by_lower.get(c.lower(), c) for c in categories]
