@@ -91,7 +91,7 @@ class ConvSubnet(nn.Sequential):
 class CouplingBlock(nn.Module):
     """One block of a parallel flow, (B, C, H, W) -> (B, C, H, W) with an exact log|det J|.
 
-    x = [x1, x2] (C // 2 and the rest); a = 0.1 * subnet([x1, cond]); s = clamp * tanh(a_s);
+    x = [x1, x2] (the first ceil(C / 2) channels and the rest); a = 0.1 * subnet([x1, cond]); s = clamp * tanh(a_s);
     y2 = x2 * exp(s) + a_t; then y = P(g * [x1, y2] + b) with a per-channel scale
     g = 0.1 softplus_{beta=0.5}(w) (1 at initialisation), offset b and a fixed random channel
     permutation P.  log|det J| = sum(s) + H W sum(log g).  The layout of FrEIA's
@@ -102,7 +102,7 @@ class CouplingBlock(nn.Module):
         super().__init__()
         if channels < 2:
             raise ValueError(f"a coupling block needs at least 2 channels, got {channels}")
-        self.split = (channels // 2, channels - channels // 2)
+        self.split = (channels - channels // 2, channels // 2)
         self.clamp = clamp
         self.subnet = ConvSubnet(self.split[0] + cond_channels, 2 * self.split[1])
         self.global_scale = nn.Parameter(torch.full((1, channels, 1, 1), 2.0 * math.log(math.exp(5.0) - 1.0)))
