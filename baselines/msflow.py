@@ -422,6 +422,8 @@ class MSFlowConfig:
     drop_last: bool | None = None
     top_k: float = 0.03
     """Image score: mean of this top fraction of the product map."""
+    feature_cache_mb: int = 2048
+    """Train on features computed once when those of all training images fit in this many MiB; 0 encodes every batch."""
     seed: int | None = None
     """Seed of the flows' initialisation and the shuffling; ``None`` draws one from torch's global generator."""
     device: str = "auto"
@@ -500,15 +502,45 @@ class MSFlow:
         self.model = model.eval()
 
     def train_model(self, model: MSFlowModel, images: torch.Tensor) -> list[float]:
-        """The shared training loop on uint8 images at ``input_size``; returns the loss of each iteration."""
+        """The shared training loop on uint8 images at ``input_size``; returns the loss of each iteration.
 
-        def loss(inputs: torch.Tensor, iteration: int) -> torch.Tensor:
-            return nll_loss(*model(inputs))
-
+        The encoder is frozen and neither recipe augments, so when the pooled features of every
+        training image fit in ``feature_cache_mb`` they are computed once and the loop trains the
+        flows on them (the same training up to float rounding); otherwise each batch is encoded.
+        """
         model.train()
-        return train_head(self.trainable_parameters(model), images, loss, self.recipe(len(images)),
-                          prepare=lambda batch: registry.normalize(batch, self.backbone), device=self.device, seed=self.seed,
-                          mixed_precision=False, name="msflow")
+        with torch.no_grad():
+            shapes = [tuple(f.shape[1:]) for f in model.features(registry.normalize(images[:1].to(self.device), self.backbone))]
+        per_image = sum(math.prod(shape) for shape in shapes) * 4
+        if len(images) * per_image <= self.config.feature_cache_mb * 2**20:
+            inputs = self.encode(model, images)
+            sizes = [math.prod(shape) for shape in shapes]
+
+            def loss(batch: torch.Tensor, iteration: int) -> torch.Tensor:
+                parts = [part.reshape(len(batch), *shape) for part, shape in zip(batch.split(sizes, dim=1), shapes, strict=True)]
+                return nll_loss(*model.flow(parts))
+
+            prepare = None
+        else:
+            inputs = images
+
+            def loss(batch: torch.Tensor, iteration: int) -> torch.Tensor:
+                return nll_loss(*model(batch))
+
+            def prepare(batch: torch.Tensor) -> torch.Tensor:
+                return registry.normalize(batch, self.backbone)
+
+        return train_head(self.trainable_parameters(model), inputs, loss, self.recipe(len(images)),
+                          prepare=prepare or (lambda batch: batch), device=self.device, seed=self.seed, mixed_precision=False, name="msflow")
+
+    def encode(self, model: MSFlowModel, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of uint8 images, each image's scales flattened into one row (N, D), on the CPU."""
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.config.batch_size):
+                features = model.features(registry.normalize(images[start : start + self.config.batch_size].to(self.device), self.backbone))
+                rows.append(torch.cat([f.reshape(len(f), -1) for f in features], dim=1).cpu())
+        return torch.cat(rows)
 
     def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Scores (B,) and maps (B, H, W) at the batch's size."""

@@ -238,3 +238,13 @@ def test_overfit_detects_obvious_defects(preset: str) -> None:
     bad_scores, bad_maps = method.predict(method_batch(bad))
     assert roc_auc_score([0] * 6 + [1] * 6, np.r_[good_scores, bad_scores]) >= 0.9
     assert roc_auc_score(masks.ravel(), bad_maps.ravel()) > 0.8
+
+
+def test_training_on_cached_features_is_training_on_images() -> None:
+    train, _ = textures(8, 0, size=64, square=12)
+    losses = []
+    for cache in (2048, 0):
+        method = baselines.create("msflow", preset="official", **{**SMALL, "feature_cache_mb": cache})
+        model = method.new_model()
+        losses.append(method.train_model(model, train))
+    assert len(losses[0]) == 4 and np.allclose(losses[0], losses[1], rtol=1e-5, atol=0)
