@@ -434,8 +434,8 @@ class MSFlowConfig:
             raise ValueError(f"msflow: backbone must be auto or one of {', '.join(STAGES)}, got {self.backbone!r}")
         if self.input_size < 32 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("msflow: input_size must be >= 32 and epochs, batch_size, lr positive")
-        if not 0.0 < self.top_k <= 1.0 or not 0.0 < self.warmup_from <= 1.0 or self.gamma <= 0 or self.grad_clip < 0:
-            raise ValueError("msflow: top_k and warmup_from must be in (0, 1], gamma positive, grad_clip >= 0")
+        if not 0.0 < self.top_k <= 1.0 or not 0.0 < self.warmup_from <= 1.0 or self.gamma <= 0 or min(self.grad_clip, self.feature_cache_mb) < 0:
+            raise ValueError("msflow: top_k and warmup_from must be in (0, 1], gamma positive, grad_clip and feature_cache_mb >= 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"msflow: device must be auto, cpu or cuda, got {self.device!r}")
         if len(self.depths) != len(STAGES["wide_resnet50_2"]):

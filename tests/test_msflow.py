@@ -215,7 +215,7 @@ def test_fit_is_deterministic_and_the_state_round_trips(tmp_path) -> None:
 
 @pytest.mark.parametrize("bad, message", [
     ({"preset": "paper"}, "unknown preset"), ({"backbone": "vit"}, "backbone must be"), ({"depths": (2, 5)}, "one parallel depth per scale"),
-    ({"cond_channels": 6}, "multiple of 4"), ({"pool": "sum"}, "pool must be"), ({"top_k": 0.0}, "top_k"), ({"betas": (0.9,)}, "betas"),
+    ({"cond_channels": 6}, "multiple of 4"), ({"pool": "sum"}, "pool must be"), ({"top_k": 0.0}, "top_k"), ({"feature_cache_mb": -1}, "feature_cache_mb"), ({"betas": (0.9,)}, "betas"),
 ])  # fmt: skip
 def test_bad_config_is_one_clear_line(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as error:
