@@ -200,6 +200,9 @@ def test_fit_is_deterministic_and_the_state_round_trips(tmp_path) -> None:
         assert all(torch.equal(value, second.state_dict()[key]) for key, value in first.state_dict().items())
         scores, maps = first.predict(method_batch(test))
         assert scores.shape == (3,) and maps.shape == (3, 72, 72) and maps.dtype == np.float32 and np.isfinite(maps).all()
+        one_score, one_map = first.predict(method_batch(test[1:2]))  # per-image maxima: nothing depends on the batch
+        np.testing.assert_allclose(one_map[0], maps[1], atol=1e-6)
+        assert one_score[0] == pytest.approx(scores[1], abs=1e-6)
         save_file(first.state_dict(), tmp_path / f"{preset}.safetensors")
         torch.manual_seed(123)
         restored = baselines.create("msflow", preset=preset, **{**SMALL, "seed": 7})  # another seed: everything must come from the state
