@@ -251,3 +251,14 @@ def test_training_on_cached_features_is_training_on_images() -> None:
         model = method.new_model()
         losses.append(method.train_model(model, train))
     assert len(losses[0]) == 4 and np.allclose(losses[0], losses[1], rtol=1e-5, atol=0)
+
+
+def test_wide_resnet_scales_and_the_m2ad_geometry() -> None:
+    method = baselines.create("msflow", backbone="wide_resnet50_2", backbone_weights="random", input_size=64, depths=(1, 1, 1), device="cpu", seed=0)
+    model = method.new_model()
+    assert model.layers == ("layer1", "layer2", "layer3") and model.arch.channels == (256, 512, 1024)
+    images = method.prepare(textures(2, 0, size=80)[0])  # resized to 64 px, ImageNet-normalised
+    zs, log_det = model(images)
+    assert [tuple(z.shape) for z in zs] == [(2, 256, 8, 8), (2, 512, 4, 4), (2, 1024, 2, 2)]  # strides 4, 8, 16, then the pooling's 2
+    assert log_det.shape == (2,) and torch.isfinite(log_det).all()
+    assert sum(p.numel() for p in model.fusion.subnet_b.mix[0].parameters()) == 896 * 224 * 9 + 224  # a quarter of 128 + 256 + 512
