@@ -241,6 +241,11 @@ def test_overfit_detects_obvious_defects(preset: str) -> None:
     bad_scores, bad_maps = method.predict(method_batch(bad))
     assert roc_auc_score([0] * 6 + [1] * 6, np.r_[good_scores, bad_scores]) >= 0.9
     assert roc_auc_score(masks.ravel(), bad_maps.ravel()) > 0.8
+    state = method.state_dict()  # released encoder weights are not saved: they reload from the registry
+    assert not any(key.startswith("encoder.") for key in state)
+    restored = baselines.create("msflow", preset=preset, **{**SMALL, "backbone_weights": "auto", "seed": 3})
+    restored.load_state_dict(state)
+    np.testing.assert_array_equal(restored.predict(method_batch(bad))[1], bad_maps)
 
 
 def test_training_on_cached_features_is_training_on_images() -> None:
