@@ -47,15 +47,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from baselines.backbones import efficientnet_lite, registry, wide_resnet
+from baselines.backbones import efficientnet_lite, hrnet, registry, wide_resnet
 from baselines.backbones.dinov2 import DinoVisionTransformer, Mlp
 from baselines.base import Batch, MethodCard, Setting, image_score_from_map
 from baselines.reconstruction import resize_crop
 from baselines.training import Recipe, autocast, train_head
 
-DEFAULT_LAYERS = {"wide_resnet50_2": ("layer1", "layer2", "layer3"), "efficientnet_lite0": ("stride4", "stride8", "stride16")}
-"""Levels read per CNN backbone (our choice: the three stages below stride 32, as the
-reverse-distillation and UniAD family); ViTs read three evenly spaced blocks (``vit_layers``)."""
 
 PROMPT_POOLS = ("class", "shared", "none")
 PROMPT_SELECTIONS = ("query", "label")
@@ -78,7 +75,7 @@ class PNPTConfig:
     backbone_weights: str = "auto"
     """``auto`` (the released weights), ``random`` (untrained; smoke tests), a weights name or a file path."""
     layers: tuple[str, ...] | None = None
-    """Levels read: CNN stage names, or ViT block indices; ``None``: ``DEFAULT_LAYERS`` / ``vit_layers``."""
+    """Levels read: CNN stage names, or ViT block indices; ``None``: ``cnn_layers(backbone)[:3]`` / ``vit_layers``."""
     image_size: int = 256
     """Side of the square the images are resized to (a multiple of the ViT patch size)."""
     dim: int = 256
@@ -113,17 +110,17 @@ class PNPTConfig:
     def __post_init__(self) -> None:
         entry = registry.spec(self.backbone)
         if self.layers is None:
-            self.layers = vit_layers(entry.vit.depth) if entry.is_vit else DEFAULT_LAYERS.get(self.backbone)
+            self.layers = vit_layers(entry.vit.depth) if entry.is_vit else cnn_layers(self.backbone)[:3]
         self.layers = tuple(str(layer) for layer in self.layers)
         if not self.layers:
-            raise ValueError(f"pnpt: backbone {self.backbone!r} has no default layers; give layers=...")
+            raise ValueError("pnpt: layers must name at least one level")
         if entry.is_vit:
             if not all(layer.isdigit() and int(layer) < entry.vit.depth for layer in self.layers):
                 raise ValueError(f"pnpt: layers of {self.backbone} must be block indices 0..{entry.vit.depth - 1}, got {self.layers}")
             if self.image_size % entry.stride:
                 raise ValueError(f"pnpt: image_size must be a multiple of the patch size {entry.stride}, got {self.image_size}")
-        elif self.backbone in DEFAULT_LAYERS and not set(self.layers) <= set(_cnn_layers(self.backbone)):
-            raise ValueError(f"pnpt: layers of {self.backbone} must be among {', '.join(_cnn_layers(self.backbone))}, got {self.layers}")
+        elif not set(self.layers) <= set(cnn_layers(self.backbone)):
+            raise ValueError(f"pnpt: layers of {self.backbone} must be among {', '.join(cnn_layers(self.backbone))}, got {self.layers}")
         if self.image_size < 32:
             raise ValueError(f"pnpt: image_size must be at least 32, got {self.image_size}")
         for name, allowed in (("prompt_pool", PROMPT_POOLS), ("prompt_selection", PROMPT_SELECTIONS), ("streams", STREAMS),
@@ -140,9 +137,14 @@ class PNPTConfig:
             raise ValueError("pnpt: lr must be positive, weight_decay and smoothing_sigma >= 0, top_fraction in [0, 1]")
 
 
-def _cnn_layers(backbone: str) -> tuple[str, ...]:
-    """Stage names a CNN backbone of the registry can tap."""
-    return tuple(wide_resnet.FEATURE_CHANNELS) if backbone == "wide_resnet50_2" else tuple(efficientnet_lite.FEATURE_BLOCKS)
+def cnn_layers(backbone: str) -> tuple[str, ...]:
+    """Stage names a CNN backbone of the registry can tap, finest first; the default levels are
+    the first three (our choice: strides 4, 8 and 16, as the reverse-distillation and UniAD family)."""
+    if backbone == "wide_resnet50_2":
+        return tuple(wide_resnet.FEATURE_CHANNELS)
+    if backbone == "efficientnet_lite0":
+        return tuple(efficientnet_lite.FEATURE_BLOCKS)
+    return tuple(hrnet.FEATURE_NAMES)
 
 
 def sincos_position(height: int, width: int, dim: int) -> torch.Tensor:
@@ -441,4 +443,4 @@ class PNPT:
         self.model.eval()
 
 
-__all__ = ["PNPT", "PNPTConfig", "PNPTModel", "reconstruction_loss", "select_by_query", "sincos_position", "stream_maps", "vit_layers"]
+__all__ = ["PNPT", "PNPTConfig", "PNPTModel", "cnn_layers", "reconstruction_loss", "select_by_query", "sincos_position", "stream_maps", "vit_layers"]

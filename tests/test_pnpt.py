@@ -158,6 +158,7 @@ def test_selection_and_loss_against_loop_references() -> None:
 def test_default_layers_and_the_card() -> None:
     assert vit_layers(12) == ("3", "7", "11") and vit_layers(24) == ("7", "15", "23") and vit_layers(4) == ("0", "2", "3")
     assert PNPTConfig().layers == ("layer1", "layer2", "layer3")
+    assert PNPTConfig(backbone="efficientnet_lite0").layers == PNPTConfig(backbone="hrnet32").layers == ("stride4", "stride8", "stride16")
     assert PNPTConfig(backbone="dinov2_vitb14_reg4", image_size=224).layers == ("3", "7", "11")
     assert PNPT.card.reimplemented_from and PNPT.card.needs_fit and "multi-class" in PNPT.card.settings
     assert "pnpt" in baselines.available()
