@@ -5,7 +5,9 @@ check of the MVTec 3D-AD archive, the leaderboard tables, and the command line e
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import json
 import tarfile
 from pathlib import Path
@@ -14,12 +16,16 @@ import numpy as np
 import polars as pl
 import pytest
 import tifffile
+import torch
 from PIL import Image
 from scipy import ndimage
+from servers import FileServer
 from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
+import baselines
 import protocols
+from baselines.base import Batch, MethodCard, Setting
 from leaderboard.aggregate import split_tables, summarize
 from leaderboard.store import Store
 from leaderboard.submit import submit
@@ -31,11 +37,12 @@ from m2ad.metrics import pixel_metrics, sampled_aupro
 from m2ad.modalities import get as modality
 from m2ad.modalities.base import Encoded, Refused, ResizeLimits
 from m2ad.modalities.dense import resize_nearest
+from m2ad.predictions import read as read_predictions
 from m2ad.predictions import write as write_predictions
+from m2ad.run import RunConfig, run
 from m2ad.schema import MANIFEST_FILE, DatasetInfo
 from m2ad.shard import ShardError, shard_tree
 from protocols.evaluate import evaluate
-from servers import FileServer
 
 RNG = np.random.default_rng(7)
 
@@ -195,7 +202,7 @@ def mvtec_3d(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 def test_an_mvtec_3d_tree_written_by_hand_shards_as_released(mvtec_3d: tuple[Path, dict[str, np.ndarray], Path, Path]) -> None:
-    root, clouds, original, resized = mvtec_3d
+    _, clouds, original, resized = mvtec_3d
     info = DatasetInfo.read(original)
     assert info.dataset == "mvtec-3d" and info.modalities == ("image", "mask", "xyz") and "mvtec-3d" in info.protocols
     manifest = pl.read_parquet(original / MANIFEST_FILE)
@@ -284,7 +291,7 @@ def eyecandies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
 
 
 def test_an_eyecandies_tree_written_by_hand_shards_six_lights_per_sample(eyecandies: tuple[Path, dict, Path]) -> None:
-    root, depths, out = eyecandies
+    _, depths, out = eyecandies
     info = DatasetInfo.read(out)
     assert info.dataset == "eyecandies" and info.axes == ("illumination",) and info.extra_columns == ("depth_min", "depth_max")
     manifest = pl.read_parquet(out / MANIFEST_FILE)
@@ -348,7 +355,7 @@ def _brute_aupro(maps: list[np.ndarray], masks: list[np.ndarray], limit: float =
         points.append((float(np.mean(negative >= threshold)), float(np.mean([np.mean(r >= threshold) for r in regions]))))
     points.append((1.0, 1.0))
     area = 0.0
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x0 >= limit:
             break
         if x1 > limit:
@@ -384,7 +391,7 @@ def test_the_mvtec_3d_protocol_matches_scikit_learn_and_a_brute_force_aupro(mvte
         pixels, truth = np.concatenate([maps[i].ravel() for i in rows]), np.concatenate([masks[i].ravel() for i in rows])
         assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(truth, pixels), abs=1e-12)
         assert metrics["aupro"] == pytest.approx(_brute_aupro([maps[i] for i in rows], [masks[i] for i in rows]), abs=1e-9)
-    for bad in (dict(mode="compat"), dict(mask_rule="official")):
+    for bad in ({"mode": "compat"}, {"mask_rule": "official"}):
         with pytest.raises(ValueError) as refused:
             evaluate("mvtec-3d", original, path, progress=False, **bad)
         assert "\n" not in str(refused.value) and "protocol 'mvtec-3d'" in str(refused.value)
@@ -481,7 +488,7 @@ def test_the_archive_is_checked_against_its_published_md5(tmp_path: Path, monkey
     import hashlib
     from dataclasses import replace
 
-    import m2ad.download as download
+    from m2ad import download
 
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -498,12 +505,11 @@ def test_the_archive_is_checked_against_its_published_md5(tmp_path: Path, monkey
                                   categories=["bagel"], workers=1, progress=False)
     assert [item.verified for item in report.files] == ["md5"]
     assert "| md5 |" in (tmp_path / "out/README.md").read_text()
-    other = tarfile.open(tmp_path / "other.tar.xz", "w:xz")
-    other.close()
-    with FileServer({f"mirror/{archive.name}": (tmp_path / "other.tar.xz").read_bytes()}) as server:
-        with pytest.raises(DownloadError) as refused:
-            download_dataset("mvtec-3d", tmp_path / "out2", resolution=16, source=f"{server.url}/mirror", cache_dir=tmp_path / "cache2",
-                             categories=["bagel"], workers=1, progress=False, insecure_skip_verify=True)
+    with tarfile.open(tmp_path / "other.tar.xz", "w:xz"):
+        pass  # an empty archive: another file than the one the md5 names
+    with FileServer({f"mirror/{archive.name}": (tmp_path / "other.tar.xz").read_bytes()}) as server, pytest.raises(DownloadError) as refused:
+        download_dataset("mvtec-3d", tmp_path / "out2", resolution=16, source=f"{server.url}/mirror", cache_dir=tmp_path / "cache2",
+                         categories=["bagel"], workers=1, progress=False, insecure_skip_verify=True)
     assert f"md5 {md5}" in str(refused.value)
 
 
@@ -539,3 +545,52 @@ def test_synth_shard_run_evaluate_and_submit_end_to_end(dataset: str, tmp_path: 
            progress=False)
     tables = [key for key, _ in split_tables(summarize(store.read().filter(pl.col("source") == "submission")))]
     assert [key["protocol"] for key in tables] == [protocol] and tables[0]["dataset"] == f"{dataset}-synth"
+
+
+# ------------------------------------------------------------------------------ xyz reaches the method
+
+
+class XyzProbe:
+    """A method that reads ``Batch.modalities["xyz"]``: its fit keeps the mean |z| of the training
+    maps; its map is |z| minus that mean, its score the map's maximum."""
+
+    name = "xyz-probe"
+    card = MethodCard(inputs=("image+xyz",), outputs=("pixel_map",))
+    Config = dataclasses.make_dataclass("XyzProbeConfig", [])
+
+    def __init__(self, config: object = None) -> None:
+        self.level = torch.zeros(())
+
+    def fit(self, train: object, setting: Setting | None = None) -> None:
+        values = [batch.modalities["xyz"][:, 2].abs().mean() for batch in train]
+        self.level = torch.stack(values).mean()
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        xyz = batch.modalities["xyz"]
+        assert xyz.dtype == torch.float32 and xyz.shape == (len(batch), 3, *batch.images.shape[-2:])
+        maps = (xyz[:, 2].abs() - self.level).numpy()
+        return maps.reshape(len(batch), -1).max(axis=1), maps
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"level": self.level}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.level = state["level"]
+
+
+def test_the_runner_hands_xyz_to_a_method_that_reads_it(mvtec_3d: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, clouds, original, _ = mvtec_3d
+    monkeypatch.setitem(baselines._REGISTRY, "xyz-probe", "test_rgb3d:XyzProbe")
+    result = run(RunConfig(protocol="mvtec-3d", methods=("xyz-probe",), data=original, out=tmp_path / "run", executor="local",
+                           map_dtype="float32", batch_size=4), progress=False)
+    assert result.ok
+    manifest = pl.read_parquet(original / MANIFEST_FILE)
+    for category in ("bagel", "tire"):
+        train = manifest.filter((pl.col("category") == category) & (pl.col("split") == "train"))
+        level = np.mean([np.abs(clouds["mvtec_3d_anomaly_detection/" + sid.split("/", 1)[1]][..., 2]).mean() for sid in train["sample_id"]])
+        written = read_predictions(tmp_path / "run/predictions/xyz-probe__seed0.parquet").lookup(manifest.filter(pl.col("split") == "test")["sample_id"])
+        assert written.maps is not None
+        for sample_id, anomaly_map in zip(written.sample_ids, written.maps):
+            if f"/{category}/" in sample_id:
+                expected = np.abs(clouds["mvtec_3d_anomaly_detection/" + sample_id.split("/", 1)[1]][..., 2]) - level
+                np.testing.assert_allclose(anomaly_map, expected, rtol=1e-5, atol=1e-4)

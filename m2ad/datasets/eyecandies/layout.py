@@ -156,7 +156,7 @@ class EyecandiesLayout(Layout):
                 left_out[(category, split)] += 1
                 continue
             folder = f"{wrapper}{category}/{split}/data/{index}"
-            anchor = found.get("image_0") or sorted(found.values())[0]
+            anchor = found.get("image_0") or min(found.values())
             missing = [light for light in LIGHTS if light not in found]
             if missing:
                 problems.append(Problem("missing-image", f"{folder}_{missing[0]}.png", f"sample {index} of {category}/{split} lacks {', '.join(missing)}", anchor))
