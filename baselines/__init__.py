@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
     "patchcore": "baselines.patchcore:PatchCore",
     "random": "baselines.random:RandomMethod",
+    "varad": "baselines.varad:VarAD",
 }
 
 

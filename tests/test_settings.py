@@ -239,6 +239,8 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
                      "warmup_iters": 0, "map_size": 56, "device": "cpu", "seg_channels": (8, 4)},
     "patchcore": {"backbone": "efficientnet_lite0"},
     "random": {},
+    "varad": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "epochs": 1, "batch_size": 4, "warmup_iters": 0, "depth": 1,
+              "d_state": 4, "device": "cpu"},
 }
 
 
