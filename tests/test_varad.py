@@ -18,6 +18,7 @@ import baselines.selective_scan as scan_module
 from baselines.backbones import registry
 from baselines.selective_scan import MambaBlock, scan_function, selective_scan
 from baselines.varad import VarAD, VarADConfig, VarADModel, scan_order
+from leaderboard.submit import _with_reimplementation
 from textures import method_batch, textures
 
 TINY = {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "epochs": 3, "batch_size": 4, "warmup_iters": 0,
@@ -195,7 +196,8 @@ def test_shapes_determinism_and_state_round_trip(images: tuple[torch.Tensor, tor
     np.testing.assert_array_equal(restored.predict(method_batch(test))[1], maps)
     with pytest.raises(ValueError, match=r"^varad: the saved state does not fit this config \(.*\); use the config"):
         VarAD(VarADConfig(**{**TINY, "depth": 2})).load_state_dict(state)
-    assert VarAD.card.reimplemented_from and "zero-shot" not in VarAD.card.settings
+    assert "zero-shot" not in VarAD.card.settings
+    assert _with_reimplementation(None, VarAD.card.reimplemented_from).startswith("re-implementation from arXiv 2412.17263 (VarAD)")
 
 
 def test_each_added_component_changes_the_output(images: tuple[torch.Tensor, torch.Tensor, np.ndarray], fits: dict[str, VarAD],
