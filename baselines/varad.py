@@ -36,7 +36,7 @@ from baselines.backbones import registry
 from baselines.backbones.dinov2 import VIT_PRESETS
 from baselines.base import Batch, MethodCard, Setting, image_score_from_map
 from baselines.selective_scan import SCAN_MODES, MambaBlock
-from baselines.training import OPTIMIZERS, SCHEDULES, Recipe, train_head
+from baselines.training import OPTIMIZERS, Recipe, train_head
 
 DIRECTIONS = ("row", "row-reverse", "column", "column-reverse")
 """Scan orders of an h x w grid: raster rows, the same backwards, columns (top to bottom, left
@@ -97,6 +97,7 @@ class VarADConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 50
     schedule: str = "warm-cosine"
+    """``warm-cosine`` (linear warm-up over ``warmup_iters``, cosine to ``final_lr``) or ``constant``."""
     grad_clip: float | None = 1.0
     blur_sigma: float = 4.0
     """Gaussian sigma of the map, in pixels at ``input_size``; 0: none."""
@@ -126,7 +127,7 @@ class VarADConfig:
             raise ValueError(f"directions must be distinct names from {', '.join(DIRECTIONS)}, got {self.directions}")
         for name, value, allowed in (("target", self.target, ("frozen", "adapted")), ("loss", self.loss, ("cosine", "l2")),
                                      ("aggregation", self.aggregation, ("mean", "max")), ("scan", self.scan, SCAN_MODES),
-                                     ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                     ("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, ("warm-cosine", "constant")),
                                      ("device", self.device, ("auto", "cpu", "cuda"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -248,6 +249,7 @@ class VarAD:
         return resized.round().clamp(0, 255).to(torch.uint8)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the encoder's normalised float inputs."""
         return registry.normalize(images, self.backbone)
 
     def recipe(self) -> Recipe:
@@ -304,7 +306,7 @@ class VarAD:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
-            first = str(error).splitlines()[0]
+            first = " ".join(line.strip() for line in str(error).splitlines()[:2])[:300]
             raise ValueError(f"varad: the saved state does not fit this config ({first}); use the config it was fitted with") from None
         self.model = model.to(self.device).eval()
 
