@@ -17,7 +17,7 @@ import baselines
 import baselines.selective_scan as scan_module
 from baselines.backbones import registry
 from baselines.selective_scan import MambaBlock, scan_function, selective_scan
-from baselines.varad import VarAD, VarADConfig, VarADModel, scan_order
+from baselines.varad import VarAD, VarADConfig, VarADModel, default_layers, discrepancy, scan_order
 from leaderboard.submit import _with_reimplementation
 from textures import method_batch, textures
 
@@ -161,6 +161,30 @@ def test_scan_orders() -> None:
         scan_order("diagonal", 2, 3)
 
 
+def test_discrepancies_layers_and_the_other_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(3)
+    predicted, target = torch.randn(2, 5, 7, generator=generator), torch.randn(2, 5, 7, generator=generator)
+    p, t = predicted.double().numpy(), target.double().numpy()
+    cosine = 1 - (p * t).sum(-1) / np.linalg.norm(p, axis=-1) / np.linalg.norm(t, axis=-1)
+    np.testing.assert_allclose(discrepancy(predicted, target, "cosine").numpy(), cosine, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(discrepancy(predicted, target, "l2").numpy(), ((p - t) ** 2).mean(-1), rtol=1e-5)
+    assert default_layers(12) == (3, 7, 11) and default_layers(24) == (7, 15, 23) and default_layers(4) == (0, 1, 3)
+    assert VarADConfig(encoder="vits14", encoder_weights="random").layers == (3, 7, 11)
+    tokens = [torch.randn(2, 12, 40, generator=generator) for _ in range(3)]
+    outputs = {}
+    for name, overrides in (("default", {}), ("separate", {"share_directions": False}), ("adapted", {"target": "adapted"}), ("l2", {"loss": "l2"})):
+        torch.manual_seed(4)
+        model = VarADModel(registry.load_backbone("dinov2_tiny", "random"), VarADConfig(**{**TINY, **overrides}))
+        monkeypatch.setattr(model, "tokens", lambda images: ([t.clone() for t in tokens], (3, 4)))
+        outputs[name] = model(torch.zeros(2, 3, 42, 56))
+        assert outputs[name].shape == (2, 3, 4, 3, 4) and torch.isfinite(outputs[name]).all()
+        assert len(model.predictors[0]) == (4 if name == "separate" else 1)
+    for name in ("separate", "l2"):
+        assert (outputs[name] - outputs["default"]).abs().max() > 1e-4, name
+    # at initialisation the adapter is the identity, so adapted and frozen targets agree
+    torch.testing.assert_close(outputs["adapted"], outputs["default"])
+
+
 @pytest.fixture(scope="module")
 def images() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     train, _ = textures(8, 0, size=56, square=14)
@@ -210,6 +234,11 @@ def test_each_added_component_changes_the_output(images: tuple[torch.Tensor, tor
     # the combined map is the mean of the per-direction maps, and the directions disagree
     raw = full.model(full._prepare(full._resize(test)))
     torch.testing.assert_close(full.anomaly_maps(test), raw.flatten(1, 2).mean(dim=1))
+    full.config.aggregation = "max"
+    try:
+        torch.testing.assert_close(full.anomaly_maps(test), raw.flatten(1, 2).amax(dim=1))
+    finally:
+        full.config.aggregation = "mean"
     assert (raw[:, :, 0] - raw[:, :, 1]).abs().max() > 1e-4
     # the selective scan against an identity in its place (y = (u + D u) * silu(z): no context from earlier tokens)
     monkeypatch.setattr(scan_module, "scan_function", lambda mode, device: (lambda u, delta, A, B, C, D, z, **_: (u + D[:, None] * u) * F.silu(z), "pure"))
