@@ -211,7 +211,7 @@ def test_impossible_combinations_are_refused_before_anything_starts(
     shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arguments: list[str], message: str
 ) -> None:
     class PointsOnly:
-        card = MethodCard(inputs=("points",), outputs=("point_scores",))
+        card = MethodCard(inputs=("points",), outputs=("point_map",))
         Config = dataclasses.make_dataclass("PointsOnlyConfig", [])
 
     monkeypatch.setattr(sys.modules[__name__], "PointsOnly", PointsOnly, raising=False)
@@ -229,6 +229,7 @@ def test_impossible_combinations_are_refused_before_anything_starts(
 
 
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
+    "cdo": {"backbone": "hrnet_tiny", "expert_weights": "random", "input_size": 56, "epochs": 1, "batch_size": 4, "device": "cpu"},
     "dinomaly": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "iterations": 2, "batch_size": 4,
                  "warmup_iters": 0, "map_size": 56, "device": "cpu"},
     "gaussian": {},
