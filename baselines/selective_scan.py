@@ -17,7 +17,8 @@ exponent is <= 0 (A < 0, delta > 0), so nothing overflows, and S_t - S_s is summ
 terms (``segment_sums``, as Mamba-2's ``ssd_minimal.segsum``), not as a difference; the state is
 carried from chunk to chunk.  ``chunk_size=1`` (the default) is the per-step recurrence, the
 fastest on CPUs (the chunks' T x T pair weights cost more than the steps they save there); larger
-chunks mean fewer sequential steps, for accelerators without the kernel.
+chunks mean fewer sequential steps, meant for accelerators without the kernel (not measured on
+one yet: ``benchmarks/selective_scan.py``).
 
 ``MambaBlock`` is the mixer of ``mamba_ssm/modules/mamba_simple.py`` (``Mamba``, read at
 ``state-spaces/mamba`` ``e9594ce``): in_proj -> causal depthwise conv1d -> SiLU -> x_proj
