@@ -210,6 +210,7 @@ def test_shapes_determinism_and_state_round_trip(images: tuple[torch.Tensor, tor
     assert scores.shape == (4,) and scores.dtype == np.float32 and maps.shape == (4, 56, 56) and np.isfinite(maps).all()
     assert fits["full"].losses == fits["again"].losses and len(fits["full"].losses) == 6  # 3 epochs x 2 batches of 4
     np.testing.assert_array_equal(fits["again"].predict(method_batch(test))[1], maps)
+    np.testing.assert_allclose(fits["full"].predict(method_batch(test[:2]))[1], maps[:2], rtol=1e-5, atol=1e-6)  # batch-independent
     small, _ = fits["full"].predict(method_batch(F.interpolate(test.float(), size=(40, 48)).round().to(torch.uint8)))
     assert small.shape == (4,)
     state = fits["full"].state_dict()
