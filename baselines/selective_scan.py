@@ -115,11 +115,14 @@ def segment_sums(values: torch.Tensor) -> torch.Tensor:
 
 
 def load_kernel() -> ScanFn | None:
-    """``mamba_ssm``'s CUDA ``selective_scan_fn``, or ``None`` when the package (or its compiled
-    extension) does not import."""
+    """``mamba_ssm``'s CUDA ``selective_scan_fn``, or ``None`` when the package does not import or
+    imported without its compiled extension (recent versions then keep ``selective_scan_cuda =
+    None`` and fail only when called)."""
     try:
         module = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
     except Exception:  # noqa: BLE001 (a missing package, a missing CUDA library, a broken build: all mean "no kernel")
+        return None
+    if getattr(module, "selective_scan_cuda", True) is None:
         return None
     return getattr(module, "selective_scan_fn", None)
 

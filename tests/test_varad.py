@@ -6,6 +6,8 @@ tiny fit finds a defect, on a tiny random-weight encoder."""
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -96,6 +98,13 @@ def test_chunked_gradients_equal_the_per_step_gradients() -> None:
 def test_the_kernel_is_chosen_only_with_the_package_and_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     if importlib.util.find_spec("mamba_ssm") is None:
         assert scan_module.load_kernel() is None
+    # a package that imports without its compiled extension offers no kernel; one with it does
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    interface.selective_scan_fn, interface.selective_scan_cuda = selective_scan, None
+    monkeypatch.setitem(sys.modules, interface.__name__, interface)
+    assert scan_module.load_kernel() is None
+    interface.selective_scan_cuda = object()
+    assert scan_module.load_kernel() is selective_scan
     monkeypatch.setattr(scan_module, "load_kernel", lambda: None)
     assert scan_function("auto", torch.device("cpu"))[1] == "pure"
     assert scan_function("auto", torch.device("cuda"))[1] == "pure"  # no package: the pure scan, on any device
