@@ -346,7 +346,11 @@ class CDO:
 
     def expert(self) -> nn.Module:
         """The frozen pretrained expert from the backbone registry."""
-        return registry.load_backbone(self.config.backbone, self.config.expert_weights)
+        config = self.config
+        if config.expert_weights == "auto" and registry.spec(config.backbone).weights is None:
+            raise ValueError(f"cdo: backbone {config.backbone} has no registered weights; pass its ImageNet checkpoint as expert_weights=PATH "
+                             "(HRNet: hrnetv2_w32_imagenet_pretrained.pth), use expert_weights=random, or backbone=wide_resnet50_2 or efficientnet_lite0")
+        return registry.load_backbone(config.backbone, config.expert_weights)
 
     def new_model(self) -> CDOModel:
         """Expert plus a freshly initialised apprentice (the architecture's own initialisation)."""

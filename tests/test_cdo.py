@@ -264,6 +264,9 @@ def test_state_round_trip_and_official_and_m2ad_apprentice_files(tmp_path) -> No
         load_official(tmp_path / "absent.pt", "hrnet_tiny", "random")
     with pytest.raises(RuntimeError, match="before fit"):
         baselines.create("cdo", **SMALL).predict(method_batch(test))
+    with pytest.raises(ValueError, match="hrnet32 has no registered weights; pass its ImageNet checkpoint as expert_weights=PATH") as error:
+        baselines.create("cdo").fit([method_batch(train)])  # the presets' HRNet-W32 without a file
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("preset", ["official", "m2ad-paper"])
