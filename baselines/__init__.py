@@ -22,6 +22,7 @@ _REGISTRY: dict[str, str] = {
     "grnr": "baselines.grnr:GRNR",
     "inpformer": "baselines.inpformer:INPFormer",
     "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
+    "msflow": "baselines.msflow:MSFlow",
     "patchcore": "baselines.patchcore:PatchCore",
     "random": "baselines.random:RandomMethod",
 }

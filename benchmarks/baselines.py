@@ -8,6 +8,9 @@ float32 and the ratio reflects SDPA only.  Weights are random: throughput does n
 CDO (CNN, no attention) runs its HRNet-W32 expert and apprentice at 256 px on CUDA (112 on CPU)
 against an eager float32 reference that calls the two networks and computes the official map
 with plain tensor operations and SciPy's Gaussian.
+MSFlow has no attention: its fast variant is bf16 autocast of the CNN encoder on CUDA (flows and
+maps stay float32), WRN-50-2 on CUDA and EfficientNet-Lite0 on CPU, so on CPU both are the same
+eager float32 network and the ratio measures only run-to-run noise.
 
     python benchmarks/baselines.py                      # every method, auto device
     python benchmarks/baselines.py --method dinomaly --device cpu --steps 5
@@ -32,7 +35,7 @@ from baselines.backbones.dinov2 import set_sdpa  # noqa: E402
 from baselines.backbones import registry  # noqa: E402
 from baselines.reconstruction import normalize  # noqa: E402
 
-METHODS = ("cdo", "dinomaly", "inpformer")
+METHODS = ("cdo", "dinomaly", "inpformer", "msflow")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -43,6 +46,10 @@ def _synchronize(device: torch.device) -> None:
 
 def build(name: str, device: str, encoder: str, size: int) -> tuple[object, torch.nn.Module]:
     """The method (random-weight encoder) and a fresh model of it."""
+    if name == "msflow":
+        backbone = "wide_resnet50_2" if device == "cuda" else "efficientnet_lite0"
+        method = baselines.create(name, backbone=backbone, backbone_weights="random", input_size=size, device=device, seed=0)
+        return method, method.new_model().eval()
     common = {"encoder": encoder, "encoder_weights": "random", "input_size": size, "crop_size": size, "map_size": size, "device": device, "seed": 0}
     method = baselines.create(name, **common)
     model = method.new_model() if name == "dinomaly" else method._new_model()

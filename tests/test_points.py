@@ -7,6 +7,7 @@ runner (``random`` on points) and a leaderboard board."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from leaderboard.store import Store
 from leaderboard.submit import submit
 from m2ad import predictions
 from m2ad.cli import app
-from m2ad.data import iter_batches, load_manifest, read_points
+from m2ad.data import iter_batches, load_manifest, read_images, read_masks, read_points
 from m2ad.datasets import get
 from m2ad.pointcloud import PointCloudError, read_labelled_text, read_pcd
 from m2ad.run import RunConfig, run
@@ -101,8 +102,11 @@ CLOUDS = {
     # category -> release path under the category -> (points, labels or None); sizes differ
     "airplane": {"train/1_prototype.pcd": 40, "train/2_template.pcd": 33, "test/3_good.pcd": 25, "test/4_bulge.pcd": 31,
                  "test/5_sink.pcd": 28},
-    "duck": {"train/1_template.pcd": 19, "test/2_good.pcd": 22, "test/7_bulge.pcd": 15},
+    "duck": {"train/1_template.pcd": 19, "test/2_good.pcd": 22, "test/7_bulge.pcd": 15, "test/8_sink.pcd": 12},
 }
+EMPTY_GT = "duck/test/8_sink.pcd"
+"""A defective cloud whose GT file marks no point: object label 1 (the name), point labels all 0,
+as the official loader gives it."""
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +130,8 @@ def hand_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             if "good" not in stem and relative.startswith("test/"):
                 gt_points = np.round(rng.normal(size=(count + 3, 3)), 4)  # not the PCD's points: the GT file's
                 labels = np.zeros(count + 3, np.uint8)
-                labels[rng.choice(count + 3, size=1 if category == "duck" else 5, replace=False)] = 1  # duck: a one-point defect
+                if f"{category}/{relative}" != EMPTY_GT:
+                    labels[rng.choice(count + 3, size=1 if category == "duck" else 5, replace=False)] = 1  # duck: a one-point defect
                 (root / "Real3D-AD-PCD" / category / "gt").mkdir(exist_ok=True)
                 (root / "Real3D-AD-PCD" / category / "gt" / f"{stem}.txt").write_text(gt_text(gt_points, labels))
                 points = gt_points
@@ -153,7 +158,8 @@ def test_a_hand_written_tree_shards_with_the_right_point_counts_and_labels(hand_
     for row in manifest.iter_rows(named=True):
         points, labels = expected[row["sample_id"]]
         assert row["num_points"] == len(points) and (row["width"], row["height"]) == (0, 0)
-        assert row["label"] == row["object_label"] == int(labels.any())
+        assert row["label"] == row["object_label"] == int(row["split"] == "test" and "good" not in row["sample_id"])
+        assert labels.any() == (row["label"] == 1 and not row["sample_id"].endswith(EMPTY_GT))
         assert row["split"] == row["sample_id"].split("/")[2]
         assert row["defect_types"] == ([Path(row["sample_id"]).stem.split("_")[1]] if row["label"] else [])
     clouds, labels = read_points(hand_shards, manifest, with_labels=True)
@@ -162,6 +168,17 @@ def test_a_hand_written_tree_shards_with_the_right_point_counts_and_labels(hand_
         assert label.dtype == bool and np.array_equal(label, expected[sample_id][1]), sample_id
     card = (hand_shards / "README.md").read_text()
     assert "9_temp.pcd" in card and "## Point clouds" in card and "num_points" in card
+
+
+def test_units_are_cut_by_bytes_not_rows(hand_tree: tuple[Path, dict], tmp_path: Path) -> None:
+    out = tmp_path / "small"
+    shard_tree(hand_tree[0], out, workers=1, progress=False, max_shard_size=600)
+    files = sorted((out / "airplane" / "train").glob("data-*.arrow"))
+    assert len(files) == 2  # two clouds of 40 and 33 points (480 and 396 bytes of coordinates)
+    manifest = load_manifest(out)
+    clouds, labels = read_points(out, manifest, with_labels=True)
+    for sample_id, cloud, label in zip(manifest["sample_id"], clouds, labels):
+        assert np.array_equal(cloud, hand_tree[1][sample_id][0]) and np.array_equal(label, hand_tree[1][sample_id][1])
 
 
 def test_the_cards_recipe_reads_a_cloud(hand_tree: tuple[Path, dict], hand_shards: Path) -> None:
@@ -176,12 +193,16 @@ def test_the_cards_recipe_reads_a_cloud(hand_tree: tuple[Path, dict], hand_shard
 def test_batches_hand_methods_lists_of_clouds(hand_tree: tuple[Path, dict], hand_shards: Path) -> None:
     manifest = load_manifest(hand_shards)
     batches = list(iter_batches(hand_shards, manifest, batch_size=3, with_masks=True))
-    assert [len(batch) for batch in batches] == [3, 3, 2]
+    assert [len(batch) for batch in batches] == [3, 3, 3]
     for batch in batches:
         assert batch.images is None and batch.masks is None and batch.ground_truth is batch.point_labels
         for sample_id, cloud, labels in zip(batch.sample_ids, batch.points, batch.point_labels):
             assert np.array_equal(cloud, hand_tree[1][sample_id][0]) and np.array_equal(labels, hand_tree[1][sample_id][1])
     assert next(iter(iter_batches(hand_shards, manifest, batch_size=2))).point_labels is None
+    with pytest.raises(ValueError, match=r"point-cloud samples: they have no images; read points\(frame\) instead"):
+        read_images(hand_shards, manifest)
+    with pytest.raises(ValueError, match="they have no masks"):
+        read_masks(hand_shards, manifest)
     with pytest.raises(ValueError, match="needs images or points"):
         Batch(["a"], None, ["c"], [None], [None])
     with pytest.raises(ValueError, match=r"must be \(N, 3\) arrays"):
@@ -275,7 +296,7 @@ def test_point_predictions_evaluate_to_sklearn(hand_tree: tuple[Path, dict], han
     for category, values in reference.items():
         for metric, value in values.items():
             assert streaming["categories"][category][metric] == pytest.approx(value, abs=1e-6), (category, metric)
-    assert result["counts"]["duck"] == {"clouds": 2, "objects": 2, "normal_objects": 1, "anomalous_objects": 1, "ignored_images": 0}
+    assert result["counts"]["duck"] == {"clouds": 3, "objects": 3, "normal_objects": 1, "anomalous_objects": 2, "ignored_images": 0}
 
 
 def test_constant_scores_and_a_category_without_point_defects(hand_tree: tuple[Path, dict], hand_shards: Path, tmp_path: Path) -> None:
@@ -291,7 +312,7 @@ def test_constant_scores_and_a_category_without_point_defects(hand_tree: tuple[P
         assert values["point_auroc"] == 0.5 and result["categories"][category]["point_auroc"] == pytest.approx(0.5)
         assert result["categories"][category]["point_ap"] == pytest.approx(values["point_ap"])
         assert result["categories"][category]["object_ap"] == pytest.approx(values["object_ap"])
-    # only the normal clouds of a category: one class, the metrics are undefined (null), never NaN
+    # a file with the normal clouds only is refused: every test cloud needs its scores
     normal_only = test.filter(pl.col("label") == 0)
     path = predictions.write(tmp_path / "n.parquet", normal_only["sample_id"].to_list(), np.zeros(normal_only.height),
                              [np.zeros(count, np.float32) for count in normal_only["num_points"]], map_kind="point")
@@ -387,9 +408,11 @@ def test_protocols_refuse_the_other_kind_of_data_in_one_line(hand_shards: Path, 
         evaluate("real3d-ad", hand_shards, path, progress=False, mode="compat")
 
 
-def test_random_runs_on_points_and_evaluate_agrees(hand_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["exact", "streaming"])
+def test_random_runs_on_points_and_evaluate_agrees(hand_shards: Path, tmp_path: Path, mode: str) -> None:
     out = tmp_path / "run"
-    result = run(RunConfig(protocol="real3d-ad", methods=("random",), data=hand_shards, out=out, executor="local"), progress=False)
+    result = run(RunConfig(protocol="real3d-ad", methods=("random",), data=hand_shards, out=out, executor="local", mode=mode),
+                 progress=False)
     assert result.ok and result.failed == []
     summary = json.loads((out / "summary.json").read_text())["methods"]["random"]
     [joined] = (out / "predictions").glob("random__seed*.parquet")
@@ -398,7 +421,7 @@ def test_random_runs_on_points_and_evaluate_agrees(hand_shards: Path, tmp_path: 
     counts = dict(zip(load_manifest(hand_shards)["sample_id"], load_manifest(hand_shards)["num_points"]))
     for batch in handle.iter_batches():
         assert all(values.shape == (counts[sample_id],) for sample_id, values in zip(batch.sample_ids, batch.maps))
-    again = evaluate("real3d-ad", hand_shards, joined, progress=False)
+    again = evaluate("real3d-ad", hand_shards, joined, progress=False, mode=mode)
     for metric, value in summary["mean"].items():
         assert again["mean"][metric] == pytest.approx(value, abs=1e-12), metric
     cli = runner.invoke(app, ["evaluate", "--protocol", "real3d-ad", "--data", str(hand_shards), "--predictions", str(joined)])
@@ -436,7 +459,8 @@ def test_a_real3d_board_ranks_submissions(hand_shards: Path, tmp_path: Path) -> 
     site = tmp_path / "site"
     rendered = runner.invoke(app, ["leaderboard", "render", str(site), "--store", str(tmp_path / "board")])
     assert rendered.exit_code == 0, rendered.output
-    assert "Point-AUROC" in (site / "index.html").read_text()
+    page = (site / "index.html").read_text()
+    assert '<th scope="col">point_auroc</th>' in page and '<th scope="col">object_ap</th>' in page and "Worse" in page
 
 
 def test_synth_writes_a_real3d_tree_that_runs_end_to_end(tmp_path: Path) -> None:
@@ -498,7 +522,7 @@ class NearestTrainingPoint:
         self.memory = np.zeros((0, 3), np.float32)
         self.seen: list[str] = []
 
-    def fit(self, train, setting=None) -> None:  # noqa: ANN001 - the runner's TrainBatches and Setting
+    def fit(self, train: Iterable[Batch], setting: object = None) -> None:
         for batch in train:
             assert batch.images is None and all(cloud.shape[1] == 3 for cloud in batch.points)
             self.seen += batch.sample_ids
@@ -540,3 +564,36 @@ def test_a_fitted_point_method_trains_on_clouds_and_is_reloaded(hand_shards: Pat
                                               points=[clouds[i] for i in test_ids]))
         for sample_id, values in zip(test_ids, expected):
             assert np.allclose(rows[sample_id], values.astype(np.float16), rtol=1e-3), sample_id
+    # a saved fit scores data again (`m2ad predict`): a point file, the same per-point scores
+    from m2ad.run.cell import predict_with_fit
+
+    fit_dir = next((out / "fits").glob("nearest-training-point__duck__seed*"))
+    predict_with_fit(fit_dir, hand_shards, tmp_path / "again.parquet")
+    again = predictions.read(tmp_path / "again.parquet")
+    assert again.map_kind == "point"
+    for batch in again.iter_batches():
+        for sample_id, values in zip(batch.sample_ids, batch.maps):
+            assert np.array_equal(values, rows[sample_id]), sample_id
+
+
+def test_surface_clouds_have_labelled_bulges_and_sinks() -> None:
+    """The fixture's clouds: points on the solid's surface, a defect displacing a labelled patch
+    along the normals (outwards for a bulge, inwards for a sink), reproducible per seed."""
+    from m2ad.render import _variants, surface_cloud
+
+    normal = surface_cloud("Cube", "", 0, 7, 500)
+    assert normal.points.shape == (500, 3) and normal.points.dtype == np.float32 and not normal.labels.any()
+    again = surface_cloud("Cube", "", 0, 7, 500)
+    assert np.array_equal(normal.points, again.points) and not np.array_equal(normal.points, surface_cloud("Cube", "", 1, 7, 500).points)
+    for defect, sign in (("bulge", 1), ("sink", -1)):
+        cloud = surface_cloud("Ring", defect, 3, 7, 2000)
+        assert cloud.defect == defect and 0 < cloud.labels.sum() < 2000 * 0.2
+        # undo the pose: the labelled points leave the solid's surface on the defect's side
+        # (the SDF's sign), the others stay on it (up to the 2e-3 noise)
+        sdf = next(variant.sdf for variant in _variants("Ring") if variant.name == cloud.variant)
+        depth = sdf(((cloud.points / cloud.scale) @ cloud.rotation).astype(np.float64))
+        inside = cloud.labels == 1
+        assert np.abs(depth[~inside]).max() < 0.02
+        assert np.median(sign * depth[inside]) > 0.02 and (sign * depth[inside] > -0.01).all()
+    with pytest.raises(ValueError, match="unknown point-cloud defect"):
+        surface_cloud("Cube", "scratch", 0, 0, 10)

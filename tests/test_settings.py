@@ -238,6 +238,8 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
                   "warmup_iters": 0, "map_size": 56, "device": "cpu"},
     "inpformer-pp": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "epochs": 1, "batch_size": 4,
                      "warmup_iters": 0, "map_size": 56, "device": "cpu", "seg_channels": (8, 4)},
+    "msflow": {"backbone": "efficientnet_lite0", "backbone_weights": "random", "input_size": 56, "depths": (1, 1, 1), "cond_channels": 8,
+               "epochs": 1, "batch_size": 4, "device": "cpu"},
     "patchcore": {"backbone": "efficientnet_lite0"},
     "random": {},
 }
