@@ -26,6 +26,7 @@ _REGISTRY: dict[str, str] = {
     "patchcore": "baselines.patchcore:PatchCore",
     "pnpt": "baselines.pnpt:PNPT",
     "random": "baselines.random:RandomMethod",
+    "varad": "baselines.varad:VarAD",
 }
 
 
