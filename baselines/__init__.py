@@ -24,7 +24,9 @@ _REGISTRY: dict[str, str] = {
     "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
     "msflow": "baselines.msflow:MSFlow",
     "patchcore": "baselines.patchcore:PatchCore",
+    "pnpt": "baselines.pnpt:PNPT",
     "random": "baselines.random:RandomMethod",
+    "varad": "baselines.varad:VarAD",
 }
 
 

@@ -58,6 +58,11 @@ return exactly these; EfficientNet-Lite0 is this project's offline addition)."""
 MAX_PATCH_TRIES = 200
 """The official ``MAX_TRY_NUMBER`` of the background-avoiding patch placement."""
 
+BACKGROUND_CATEGORIES = frozenset({"bottle", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "zipper"})
+"""MVTec AD categories whose patch centres the official code keeps off the background
+(``SKIP_BACKGROUND``, ``datasets/dataset.py:29-46``; every MVTec 3D-AD category is False)."""
+SKIP_BACKGROUND = ("official", "always", "never")
+
 
 class CDOOutput(NamedTuple):
     """The expert's and the apprentice's feature maps, one (B, C_l, h_l, w_l) per level."""
@@ -250,13 +255,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "official": {
         "backbone": "hrnet32", "input_size": 256, "epochs": 50, "batch_size": 16, "optimizer": "adamw", "lr": 4e-4,
         "betas": (0.9, 0.999), "weight_decay": 1e-4, "schedule": "exponential", "epoch_decay": 0.95, "lr_step_epoch": 0,
-        "grad_clip": 0.0, "gamma": 2.0, "oom": True, "mom": True, "work_size": 0, "skip_background": False,
+        "grad_clip": 0.0, "gamma": 2.0, "oom": True, "mom": True, "work_size": 0, "skip_background": "official",
         "normalize_features": False, "scoring": "official",
     },
     "m2ad-paper": {
         "backbone": "hrnet32", "input_size": 256, "epochs": 100, "batch_size": 12, "optimizer": "adam", "lr": 3.75e-4,
         "betas": (0.5, 0.999), "weight_decay": 0.0, "schedule": "step", "epoch_decay": 0.95, "lr_step_epoch": 80,
-        "grad_clip": 5.0, "gamma": 2.0, "oom": True, "mom": True, "work_size": 1024, "skip_background": False,
+        "grad_clip": 5.0, "gamma": 2.0, "oom": True, "mom": True, "work_size": 1024, "skip_background": "never",
         "normalize_features": True, "scoring": "m2ad",
     },
 }
@@ -297,8 +302,9 @@ class CDOConfig:
     """Margin optimisation: train on white-noise anomalies; ``False`` trains on clean images (plain distillation)."""
     work_size: int | None = None
     """Side at which anomalies are drawn (0: the input size; M2AD 1024)."""
-    skip_background: bool | None = None
-    """Keep patch centres off the estimated background (official for 7 MVTec object categories; no M2AD table)."""
+    skip_background: str | None = None
+    """Keep patch centres off the estimated background: ``official`` (when every category of the
+    fit is one of the 7 MVTec AD objects of the official table), ``always`` or ``never`` (M2AD)."""
     normalize_features: bool | None = None
     """L2-normalise each level before resizing (M2AD's ``CDO.forward``)."""
     scoring: str | None = None
@@ -323,6 +329,8 @@ class CDOConfig:
             raise ValueError(f"cdo: gamma and grad_clip must be >= 0, got {self.gamma} and {self.grad_clip}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"cdo: device must be auto, cpu or cuda, got {self.device!r}")
+        if self.skip_background not in SKIP_BACKGROUND:
+            raise ValueError(f"cdo: skip_background must be one of {', '.join(SKIP_BACKGROUND)}, got {self.skip_background!r}")
         Recipe(optimizer=self.optimizer, betas=tuple(self.betas), schedule=self.schedule)  # validates these three
 
 
@@ -346,7 +354,11 @@ class CDO:
 
     def expert(self) -> nn.Module:
         """The frozen pretrained expert from the backbone registry."""
-        return registry.load_backbone(self.config.backbone, self.config.expert_weights)
+        config = self.config
+        if config.expert_weights == "auto" and registry.spec(config.backbone).weights is None:
+            raise ValueError(f"cdo: backbone {config.backbone} has no registered weights; pass its ImageNet checkpoint as expert_weights=PATH "
+                             "(HRNet: hrnetv2_w32_imagenet_pretrained.pth), use expert_weights=random, or backbone=wide_resnet50_2 or efficientnet_lite0")
+        return registry.load_backbone(config.backbone, config.expert_weights)
 
     def new_model(self) -> CDOModel:
         """Expert plus a freshly initialised apprentice (the architecture's own initialisation)."""
@@ -367,13 +379,22 @@ class CDO:
         """Train one apprentice on the training images with the preset's recipe."""
         torch.manual_seed(self.seed)
         model = self.new_model()
-        images = [resize_crop(batch.images, self.config.input_size, self.config.input_size) for batch in train]
+        images, categories = [], set()
+        for batch in train:
+            images.append(resize_crop(batch.images, self.config.input_size, self.config.input_size))
+            categories.update(batch.categories)
         if not images:
             raise ValueError("cdo: no training images")
-        self.train_model(model, torch.cat(images))
+        self.train_model(model, torch.cat(images), self.skips_background(categories))
         self.model = model.eval()
 
-    def train_model(self, model: CDOModel, images: torch.Tensor) -> list[float]:
+    def skips_background(self, categories: set[str]) -> bool:
+        """Whether anomalies avoid the background in a fit of ``categories`` (``skip_background``)."""
+        if self.config.skip_background == "official":
+            return bool(categories) and categories <= BACKGROUND_CATEGORIES
+        return self.config.skip_background == "always"
+
+    def train_model(self, model: CDOModel, images: torch.Tensor, skip_background: bool = False) -> list[float]:
         """The training loop on uint8 images at the input size; returns the loss of each iteration.
         Each batch gets fresh anomalies (``mom``); image and mask travel as 4 channels."""
         config = self.config
@@ -381,7 +402,7 @@ class CDO:
 
         def prepare(batch: torch.Tensor) -> torch.Tensor:
             if config.mom:
-                batch, masks = synthesize(batch.cpu(), rng, config.input_size, config.work_size or config.input_size, config.skip_background)
+                batch, masks = synthesize(batch.cpu(), rng, config.input_size, config.work_size or config.input_size, skip_background)
             else:
                 masks = torch.zeros(batch.shape[0], 1, *batch.shape[-2:])
             inputs = registry.normalize(batch.to(self.device), config.backbone)

@@ -204,13 +204,17 @@ def test_presets_recipes_and_cli() -> None:
     config = baselines.config_class("cdo")(**baselines.parse_method_args("cdo", ["preset=m2ad-paper", "epochs=3", "backbone=wide_resnet50_2"]))
     assert (config.epochs, config.backbone, config.work_size) == (3, "wide_resnet50_2", 1024)
     assert cdo.LAYERS[config.backbone] == ("layer1", "layer2", "layer3")
+    method = CDO(official)  # the official SKIP_BACKGROUND table, per fit
+    assert method.skips_background({"screw"}) and method.skips_background({"bottle", "zipper"})
+    assert not method.skips_background({"carpet"}) and not method.skips_background({"screw", "carpet"}) and not method.skips_background({"Cube"})
+    assert not CDO(paper).skips_background({"screw"}) and CDO(CDOConfig(skip_background="always")).skips_background({"Cube"})
 
 
 @pytest.mark.parametrize(("bad", "message"), [
     ({"preset": "x"}, "unknown preset 'x'"), ({"backbone": "resnet18"}, "unknown backbone 'resnet18'"),
     ({"scoring": "mean"}, "scoring must be"), ({"optimizer": "sgd"}, "optimizer must be"), ({"schedule": "cosine"}, "schedule must be"),
     ({"input_size": 16}, "input_size must be"), ({"work_size": 100}, "work_size must be"), ({"gamma": -1.0}, "gamma and grad_clip"),
-    ({"device": "tpu"}, "device must be"),
+    ({"device": "tpu"}, "device must be"), ({"skip_background": "yes"}, "skip_background must be one of"),
 ])  # fmt: skip
 def test_bad_configs_fail_with_one_line(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as error:
@@ -264,6 +268,9 @@ def test_state_round_trip_and_official_and_m2ad_apprentice_files(tmp_path) -> No
         load_official(tmp_path / "absent.pt", "hrnet_tiny", "random")
     with pytest.raises(RuntimeError, match="before fit"):
         baselines.create("cdo", **SMALL).predict(method_batch(test))
+    with pytest.raises(ValueError, match="hrnet32 has no registered weights; pass its ImageNet checkpoint as expert_weights=PATH") as error:
+        baselines.create("cdo").fit([method_batch(train)])  # the presets' HRNet-W32 without a file
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("preset", ["official", "m2ad-paper"])

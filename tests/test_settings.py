@@ -241,7 +241,11 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "msflow": {"backbone": "efficientnet_lite0", "backbone_weights": "random", "input_size": 56, "depths": (1, 1, 1), "cond_channels": 8,
                "epochs": 1, "batch_size": 4, "device": "cpu"},
     "patchcore": {"backbone": "efficientnet_lite0"},
+    "pnpt": {"backbone": "dinov2_tiny", "backbone_weights": "random", "image_size": 56, "dim": 16, "heads": 2, "encoder_depth": 1,
+             "decoder_depth": 1, "prompts_per_class": 3, "epochs": 1, "batch_size": 4, "device": "cpu"},
     "random": {},
+    "varad": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "epochs": 1, "batch_size": 4, "warmup_iters": 0, "depth": 1,
+              "d_state": 4, "device": "cpu"},
 }
 
 

@@ -8,10 +8,11 @@ in the fuse layers is bilinear with ``align_corners=True``, as in that code (the
 variant of HRNet).
 
 Names: ``conv1``, ``bn1``, ``conv2``, ``bn2``, ``layer1.{i}``, ``transition{1,2,3}.{i}``,
-``stage{2,3,4}.{m}.branches.{b}.{k}`` and ``stage{2,3,4}.{m}.fuse_layers.{i}.{j}``, so the
-ImageNet checkpoints of ``HRNet-Image-Classification`` (and timm's ``hrnet_w*``) load
-strictly once their classification head (``incre_modules``, ``downsamp_modules``,
-``final_layer``, ``classifier``) is dropped (``backbone_state``).
+``stage{2,3,4}.{m}.branches.{b}.{k}`` and ``stage{2,3,4}.{m}.fuse_layers.{i}.{j}``: the names
+and shapes of CDO's ``HighResolutionNet`` (checked against it for W18/W32/W48), into which CDO
+loads the ``HRNet-Image-Classification`` ImageNet file; ``backbone_state`` drops a file's
+classification / segmentation head (``incre_modules``, ``downsamp_modules``, ``final_layer``,
+``classifier``, ``last_layer``) so that the rest loads strictly.
 """
 
 from __future__ import annotations
