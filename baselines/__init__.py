@@ -16,14 +16,18 @@ from baselines.base import Batch, Method
 
 _REGISTRY: dict[str, str] = {
     # name: "module:Class"
+    "cdo": "baselines.cdo:CDO",
     "dinomaly": "baselines.dinomaly:Dinomaly",
     "gaussian": "baselines.gaussian:GaussianMethod",
     "grnr": "baselines.grnr:GRNR",
     "inpformer": "baselines.inpformer:INPFormer",
     "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
+    "msflow": "baselines.msflow:MSFlow",
     "patchcore": "baselines.patchcore:PatchCore",
+    "pnpt": "baselines.pnpt:PNPT",
     "random": "baselines.random:RandomMethod",
     "rdpp": "baselines.rdpp:RDPP",
+    "varad": "baselines.varad:VarAD",
 }
 
 

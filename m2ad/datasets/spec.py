@@ -38,11 +38,14 @@ class FileSpec:
     ``categories`` lists the categories whose samples the file holds; ``None`` means every
     category needs it (M2AD's ``jsons.zip``, MVTec-AD's single tar).  ``url`` is where a
     :class:`UrlSource` fetches it.  ``variant`` is the release variant the file belongs to
-    (Real-IAD's resolution folders); ``None``: every variant needs it.
+    (Real-IAD's resolution folders); ``None``: every variant needs it.  ``md5``: the only
+    checksum published for a file that has no known sha256 (MVTec 3D-AD); a weaker check
+    that the downloader applies and records as ``md5`` when nothing gives a sha256.
     """
 
     name: str
     sha256: str | None = None
+    md5: str | None = None
     size: int | None = None
     categories: tuple[str, ...] | None = None
     url: str | None = None
@@ -176,8 +179,8 @@ class DatasetSpec:
             raise ValueError(f"{self.name}: shot_unit must be 'image' or 'specimen', not {self.shot_unit!r}")
         for modality in self.modalities:
             modalities.get(modality)
-        if not self.modalities or self.modalities[0] != "image":
-            raise ValueError(f"{self.name}: the first modality must be the primary one, 'image'")
+        if not self.modalities or self.modalities[0] not in modalities.PRIMARY_MODALITIES:
+            raise ValueError(f"{self.name}: the first modality must be a primary one ({', '.join(modalities.PRIMARY_MODALITIES)})")
         if self.variants and self.default_variant not in self.variants:
             raise ValueError(f"{self.name}: default variant {self.default_variant!r} is not one of {self.variants}")
 
