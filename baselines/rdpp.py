@@ -30,7 +30,8 @@ image score: the map's maximum (official) or the mean of its top 1 % (M2AD).
 Presets: ``official`` (``main.py``: Adam (0.5, 0.999) at 1e-3 for the projection layers and 5e-3
 for OCBE + decoder, gradients of 2 batches accumulated, batch 16, per-category epochs) and
 ``m2ad-paper`` (``hustCYQ/M2AD`` ``configs/benchmark/rdpp/rdpp_256_100e.py`` and its trainer): see
-docs/methods.md for every difference with its source line.
+docs/methods.md for every difference with its source line.  Every width follows from the three
+tapped teacher widths, so an EfficientNet-Lite0 teacher (ours, for offline runs) fits the same code.
 """
 
 from __future__ import annotations
@@ -579,7 +580,7 @@ class RDPP:
     """
 
     name: ClassVar[str] = "rdpp"
-    card: ClassVar[MethodCard] = MethodCard(settings=("single-class", "multi-class", "few-shot"), weights=("wide_resnet50_2",))
+    card: ClassVar[MethodCard] = MethodCard(settings=("single-class", "multi-class", "few-shot"), weights=("wide_resnet50_2", "efficientnet_lite0"))
     Config: ClassVar[type] = RDPPConfig
 
     def __init__(self, config: RDPPConfig | None = None) -> None:
