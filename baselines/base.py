@@ -23,9 +23,13 @@ from m2ad.settings import SETTINGS
 
 
 INPUTS = ("image", "image+xyz", "points")
-"""What a method reads: RGB images (today), images with an aligned xyz map, or point clouds."""
-OUTPUTS = ("pixel_map", "point_scores")
-"""What a method returns besides its sample scores: an anomaly map per image, or scores per point."""
+"""What a method reads: RGB images, images with an aligned xyz map, or point clouds
+(``Batch.points``)."""
+OUTPUTS = ("pixel_map", "point_map")
+"""What a method returns besides its sample scores: an anomaly map per image (``pixel_map``,
+(B, H, W)), or one score per point of each cloud (``point_map``, a list of (N_i,) arrays).
+The runner routes by the data: a point-cloud dataset needs ``points`` in ``inputs`` and
+``point_map`` in ``outputs``."""
 INPUT_UNITS = ("image", "view", "specimen")
 """What ``predict`` is given at once: any images (``image``), whole groups of the illuminations
 of one (specimen, view) (``view``), or every image of a specimen (``specimen``)."""
@@ -91,26 +95,37 @@ class Batch:
     ``modalities`` extra per-image tensors keyed by modality (e.g. ``"xyz"``, leading dimension
     B; empty for image datasets).  A batch never carries ground truth: no label, mask or
     defect type.
+
+    A batch of point clouds (a dataset whose modality is ``points``) has ``images=None`` and
+    ``points``: one float32 NumPy array (N_i, 3) per sample, N_i varying, coordinates as the
+    release has them (not centred); per-point labels are never in it.
     """
 
     sample_ids: list[str]
-    images: torch.Tensor
+    images: torch.Tensor | None
     categories: list[str]
     views: list[str | None]
     illuminations: list[str | None]
     class_names: list[str] | None = None
     specimens: list[str] | None = None
     modalities: dict[str, torch.Tensor] = field(default_factory=dict)
+    points: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         count = len(self.sample_ids)
-        if self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.dtype != torch.uint8:
+        if self.images is None:
+            if self.points is None:
+                raise ValueError("a Batch needs images or points")
+            bad = [np.shape(cloud) for cloud in self.points if np.ndim(cloud) != 2 or np.shape(cloud)[1] != 3]
+            if bad:
+                raise ValueError(f"Batch.points must be (N, 3) arrays, got shapes {bad[:3]}")
+        elif self.images.ndim != 4 or self.images.shape[1] != 3 or self.images.dtype != torch.uint8:
             raise ValueError(f"Batch.images must be uint8 (B, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.class_names is None:
             self.class_names = list(self.categories)
         if self.specimens is None:
             self.specimens = list(self.sample_ids)
-        lengths = {len(self.images), len(self.categories), len(self.views), len(self.illuminations), len(self.class_names),
+        lengths = {len(self.images if self.images is not None else self.points), len(self.categories), len(self.views), len(self.illuminations), len(self.class_names),
                    len(self.specimens), *(len(tensor) for tensor in self.modalities.values())}
         if lengths != {count}:
             raise ValueError(f"Batch fields disagree on the batch size: {count} sample ids, lengths {sorted(lengths)}")
@@ -127,7 +142,8 @@ class Method(Protocol):
     samples the harness selected for the fit unit (one category, or several for multi-class
     training) and the :class:`Setting`.  ``predict`` returns image scores, shape (B,), and
     anomaly maps, shape (B, H, W), float32, at the size of ``batch.images``; higher means more
-    anomalous.  ``state_dict`` returns tensors only (the harness saves it with safetensors) and
+    anomalous.  On a batch of point clouds it returns object scores (B,) and a list of B
+    per-point score arrays, (N_i,) each, in the order of ``batch.points[i]``.  ``state_dict`` returns tensors only (the harness saves it with safetensors) and
     ``load_state_dict`` restores a fitted method from it.
 
     A method class also carries ``card`` (its :class:`MethodCard`) and ``Config``, the dataclass

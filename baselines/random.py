@@ -31,7 +31,7 @@ class RandomMethod:
     """Scores and maps drawn uniformly from [0, 1), reproducibly per (seed, sample id)."""
 
     name: ClassVar[str] = "random"
-    card: ClassVar[MethodCard] = MethodCard(needs_fit=False)
+    card: ClassVar[MethodCard] = MethodCard(inputs=("image", "points"), outputs=("pixel_map", "point_map"), needs_fit=False)
     Config: ClassVar[type] = RandomConfig
 
     def __init__(self, config: RandomConfig | None = None) -> None:
@@ -41,14 +41,26 @@ class RandomMethod:
     def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
         """Nothing to learn (training-free: the harness never calls this)."""
 
-    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """One uniform score and one uniform (H, W) map per image."""
-        height, width = batch.images.shape[-2:]
+    def _generator(self, sample_id: str) -> np.random.Generator:
+        digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
+        return np.random.default_rng([self._seed, int.from_bytes(digest, "little")])
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
+        """One uniform score and one uniform (H, W) map per image; for point clouds, one
+        uniform score per cloud and one per point."""
         scores = np.empty(len(batch), dtype=np.float32)
+        if batch.points is not None:
+            point_maps = []
+            for index, (sample_id, cloud) in enumerate(zip(batch.sample_ids, batch.points)):
+                generator = self._generator(sample_id)
+                scores[index] = generator.random(dtype=np.float32)
+                point_maps.append(generator.random(len(cloud), dtype=np.float32))
+            return scores, point_maps
+        assert batch.images is not None
+        height, width = batch.images.shape[-2:]
         maps = np.empty((len(batch), height, width), dtype=np.float32)
         for index, sample_id in enumerate(batch.sample_ids):
-            digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
-            generator = np.random.default_rng([self._seed, int.from_bytes(digest, "little")])
+            generator = self._generator(sample_id)
             scores[index] = generator.random(dtype=np.float32)
             maps[index] = generator.random((height, width), dtype=np.float32)
         return scores, maps

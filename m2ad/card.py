@@ -33,6 +33,13 @@ test = datasets.load_dataset("{root}", "{category}", split="test").with_transfor
 loader = torch.utils.data.DataLoader(test, batch_size=32)  # batches of image (B, 3, H, W), mask (B, H, W), label (B,)'''
 """A torch ``DataLoader`` over a category's test split (README and cards show it; the tests run it)."""
 
+POINTS_RECIPE = '''import datasets, numpy as np
+test = datasets.load_dataset("{root}", "{category}", split="test")  # or split="train"; no name: every category
+sample = test[0]
+points = np.frombuffer(sample["points"], dtype="<f4").reshape(-1, 3)  # float32 (N, 3), as released (not centred)
+labels = np.frombuffer(sample["point_labels"], dtype=np.uint8)  # (N,), 1 = defect; all 0 for a normal cloud'''
+"""How to read one point cloud of a ``points`` dataset (its card shows it; the tests run it)."""
+
 
 def _quoted(text: str) -> str:
     """A YAML scalar: JSON strings are valid YAML double-quoted scalars."""
@@ -67,7 +74,10 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
     """The whole card of a sharded dataset."""
     units = [tuple(key) for key in manifest.select("category", "split").unique(maintain_order=True).iter_rows()]
     example = info.categories[0] if info.categories else "<category>"
-    if info.resolution == "original":
+    clouds = "points" in info.modalities
+    if clouds:
+        resolution = "points as released (point clouds are never resampled)"
+    elif info.resolution == "original":
         resolution = "original (released bytes, unchanged)"
     else:
         side = f"{info.resolution} x {info.resolution}" if info.geometry == "square" else f"{info.resolution} px on the longer side"
@@ -106,7 +116,7 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
         "A torch `DataLoader`:",
         "",
         "```python",
-        LOADER_RECIPE.format(root="<this folder>", category=example),
+        (POINTS_RECIPE if clouds else LOADER_RECIPE).format(root="<this folder>", category=example),
         "```",
         "",
         "m2ad reads the shards faster with `m2ad.data` (`load_manifest`, `iter_batches`); `manifest.parquet` has every field but the pixels.",
@@ -121,18 +131,32 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
         f"Modalities: {', '.join(f'`{name}`' for name in info.modalities)}.",
     ]
     lines += [f"- `{name}`: {column.description}" for name, column in spec.extra_columns.items()]
+    if clouds:
+        lines += [
+            "",
+            "## Point clouds",
+            "",
+            spec.mask_note,
+            "",
+            "- `points`: the raw little-endian float32 bytes of the (N, 3) coordinates, row-major; `point_labels`: N uint8 labels.",
+            "- `manifest.parquet` records `num_points` (N) per sample; `width` and `height` are 0 (a cloud has no image size).",
+            "",
+        ]
+    else:
+        lines += [
+            "",
+            "## Masks",
+            "",
+            f"{spec.mask_note} A pixel is a defect where its stored value is not 0 (palette indices for palette masks).",
+            "",
+            "- `mask` (**exact**): a pixel is defective if any source pixel it covers is; no defect vanishes when downscaling.",
+            "- `mask_official` (**official**): bilinear resize of the 0/255 mask, keep pixels equal to 255, as the official",
+            "  M2AD evaluator does; tiny defects are eroded or erased.",
+            "",
+            "At original resolution both are the released mask file, byte for byte; resized masks are 1-bit PNGs, which decode to (H, W) {0, 1}.",
+            "",
+        ]
     lines += [
-        "",
-        "## Masks",
-        "",
-        f"{spec.mask_note} A pixel is a defect where its stored value is not 0 (palette indices for palette masks).",
-        "",
-        "- `mask` (**exact**): a pixel is defective if any source pixel it covers is; no defect vanishes when downscaling.",
-        "- `mask_official` (**official**): bilinear resize of the 0/255 mask, keep pixels equal to 255, as the official",
-        "  M2AD evaluator does; tiny defects are eroded or erased.",
-        "",
-        "At original resolution both are the released mask file, byte for byte; resized masks are 1-bit PNGs, which decode to (H, W) {0, 1}.",
-        "",
         "## Evaluation geometry",
         "",
         f"Resolutions resize with the **{info.geometry}** rule. {spec.geometry_note}",

@@ -33,7 +33,7 @@ from m2ad import modalities
 from m2ad.modalities.mask import COLUMNS as _MASK_COLUMNS
 from m2ad.schema import CORE_MANIFEST_COLUMNS, MANIFEST_FILE, MASK_RULES, DatasetInfo
 
-__all__ = ["LoadedBatch", "ShardReader", "iter_batches", "load_manifest", "read_images", "read_masks"]
+__all__ = ["LoadedBatch", "ShardReader", "iter_batches", "load_manifest", "read_images", "read_masks", "read_points"]
 
 _LOCATION_COLUMNS = ("sample_id", "shard_dir", "shard_row", "width", "height")
 
@@ -57,12 +57,24 @@ def load_manifest(root: str | Path) -> pl.DataFrame:
 @dataclass
 class LoadedBatch:
     """Samples read from the shards: images as uint8 (B, 3, H, W), masks as bool (B, H, W)
-    when asked for, and ``frame``, the manifest rows of the batch in the same order."""
+    when asked for, and ``frame``, the manifest rows of the batch in the same order.
+
+    For a point-cloud dataset (modality ``points``) ``images`` is None and ``points`` holds
+    one float32 (N_i, 3) array per sample (N_i = the manifest's ``num_points``), and
+    ``point_labels`` one bool (N_i,) array per sample when ground truth was asked for."""
 
     sample_ids: list[str]
-    images: torch.Tensor
+    images: torch.Tensor | None
     masks: np.ndarray | None
     frame: pl.DataFrame
+    points: list[np.ndarray] | None = None
+    point_labels: list[np.ndarray] | None = None
+
+    @property
+    def ground_truth(self) -> np.ndarray | list[np.ndarray] | None:
+        """What an evaluator scores the batch's maps against: the masks (B, H, W), or the
+        per-point labels of a point-cloud batch."""
+        return self.point_labels if self.points is not None else self.masks
 
     @property
     def categories(self) -> list[str]:
@@ -108,13 +120,13 @@ def _uniform_size(frame: pl.DataFrame) -> tuple[int, int]:
 
 
 class _EncodedColumn:
-    """The encoded bytes of one image column (``struct<bytes, path>``) of a memory-mapped Arrow
-    table, as one zero-copy view per row: no Arrow ``take``, no Python ``bytes`` per read."""
+    """The encoded bytes of one column (an image column's ``struct<bytes, path>``, or a plain
+    binary column such as ``points``) of a memory-mapped Arrow table, as one zero-copy view per row: no Arrow ``take``, no Python ``bytes`` per read."""
 
     def __init__(self, column: pa.ChunkedArray) -> None:
         self._views: list[memoryview | None] = []
         for chunk in column.chunks:
-            values = pc.struct_field(chunk, "bytes")
+            values = pc.struct_field(chunk, "bytes") if pa.types.is_struct(chunk.type) else chunk  # image columns, or plain binary
             offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
             _, offsets, data = values.buffers()
             bounds = np.frombuffer(offsets, dtype=offset_type)[values.offset : values.offset + len(values) + 1].tolist()
@@ -137,6 +149,8 @@ class _PendingBatch:
     images: np.ndarray | None
     masks: np.ndarray | None
     futures: list[Future[None]]
+    points: list[np.ndarray] | None = None
+    point_labels: list[np.ndarray] | None = None
 
     def wait(self) -> _PendingBatch:
         """Wait for every sample, re-raising the first decoding error."""
@@ -147,8 +161,11 @@ class _PendingBatch:
     def loaded(self) -> LoadedBatch:
         """The finished batch, images included (waits for it)."""
         self.wait()
+        ids = self.frame["sample_id"].to_list()
+        if self.points is not None:
+            return LoadedBatch(ids, None, None, self.frame, self.points, self.point_labels)
         assert self.images is not None
-        return LoadedBatch(self.frame["sample_id"].to_list(), torch.from_numpy(self.images), self.masks, self.frame)
+        return LoadedBatch(ids, torch.from_numpy(self.images), self.masks, self.frame)
 
 
 class ShardReader:
@@ -190,11 +207,59 @@ class ShardReader:
         _check_frame(frame)
         return [self._column(shard_dir, column)[row] for shard_dir, row in zip(frame["shard_dir"].to_list(), frame["shard_row"].to_list())]
 
+    def _submit_points(self, frame: pl.DataFrame, *, with_points: bool = True, with_labels: bool = False) -> _PendingBatch:
+        """Start decoding the point clouds of ``frame`` (and their labels) in the threads."""
+        if "num_points" not in frame.columns:
+            raise ValueError("the frame lacks the manifest column 'num_points': these are not point-cloud samples")
+        sample_ids, counts = frame["sample_id"].to_list(), frame["num_points"].to_list()
+        point_bytes = self.encoded(frame, "points") if with_points else [None] * frame.height
+        label_bytes = self.encoded(frame, "point_labels") if with_labels else [None] * frame.height
+        points = [np.empty((count, 3), np.float32) for count in counts] if with_points else None
+        labels = [np.zeros(count, bool) for count in counts] if with_labels else None
+        modality = modalities.get("points")
+
+        def decode(index: int) -> None:
+            try:
+                if points is not None:
+                    if point_bytes[index] is None:
+                        raise ValueError("no point bytes")
+                    modality.decode_into(point_bytes[index], points[index])
+                if labels is not None:
+                    stored = label_bytes[index]
+                    if stored is None or len(stored) != counts[index]:
+                        raise ValueError(f"{0 if stored is None else len(stored)} labels, the manifest says {counts[index]} points")
+                    labels[index][...] = np.frombuffer(stored, np.uint8) != 0
+            except Exception as error:
+                raise ValueError(f"{sample_ids[index]}: cannot decode its point cloud: {error}") from error
+
+        futures = [self._pool.submit(decode, index) for index in range(frame.height)]
+        return _PendingBatch(frame, None, None, futures, points if points is not None else [], labels)
+
+    def points(self, frame: pl.DataFrame) -> list[np.ndarray]:
+        """The point clouds of ``frame``: one float32 (N_i, 3) array per row, in frame order."""
+        pending = self._submit_points(frame).wait()
+        assert pending.points is not None
+        return pending.points
+
+    def point_labels(self, frame: pl.DataFrame) -> list[np.ndarray]:
+        """The per-point labels of ``frame``: one bool (N_i,) array per row (True = defect)."""
+        pending = self._submit_points(frame, with_points=False, with_labels=True).wait()
+        assert pending.point_labels is not None
+        return pending.point_labels
+
+    def ground_truth(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray | list[np.ndarray]:
+        """What maps of ``frame`` are scored against: masks under ``mask_rule``, or, for
+        point-cloud samples, per-point labels (point clouds have one rule, ``exact``)."""
+        return self.point_labels(frame) if "num_points" in frame.columns else self.masks(frame, mask_rule)
+
     def _submit(self, frame: pl.DataFrame, *, with_images: bool = True, mask_rule: str | None = None) -> _PendingBatch:
         """Start decoding the rows of ``frame`` (images, and masks under ``mask_rule`` unless it
-        is None) in the threads; ``wait()`` on the result for the arrays."""
+        is None; point clouds and their labels for point-cloud samples) in the threads;
+        ``wait()`` on the result for the arrays."""
         if mask_rule is not None and mask_rule not in MASK_RULES:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
+        if "num_points" in frame.columns:
+            return self._submit_points(frame, with_points=with_images, with_labels=mask_rule is not None)
         height, width = _uniform_size(frame) if frame.height else (0, 0)
         sample_ids = frame["sample_id"].to_list()
         image, mask = modalities.get("image"), modalities.get("mask")
@@ -244,7 +309,9 @@ def iter_batches(
     prefetch: int = 2,
 ) -> Iterator[LoadedBatch]:
     """Batches of the samples in ``frame`` (manifest rows), in frame order: ids, images
-    (uint8 (B, 3, H, W)), masks under ``mask_rule`` if ``with_masks``, and the rows.
+    (uint8 (B, 3, H, W)), masks under ``mask_rule`` if ``with_masks``, and the rows.  For
+    point-cloud samples: ``points`` (a list of float32 (N_i, 3)) and, if ``with_masks``,
+    ``point_labels`` (a list of bool (N_i,)) instead of images and masks.
 
     The next ``prefetch`` batches are decoding while the caller works on the current one, so
     decoding overlaps the caller's work and the threads never wait at a batch boundary.
@@ -276,3 +343,13 @@ def read_masks(root: str | Path, frame: pl.DataFrame, mask_rule: str = "exact", 
     """All masks of ``frame`` under ``mask_rule`` as bool (N, H, W)."""
     with ShardReader(root, threads=threads) as reader:
         return reader.masks(frame, mask_rule)
+
+
+def read_points(root: str | Path, frame: pl.DataFrame, *, with_labels: bool = False, threads: int | None = None
+                ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """All point clouds of ``frame`` (float32 (N_i, 3) each) and, if ``with_labels``, their
+    per-point labels (bool (N_i,) each)."""
+    with ShardReader(root, threads=threads) as reader:
+        pending = reader._submit_points(frame, with_labels=with_labels).wait()
+        assert pending.points is not None
+        return pending.points, pending.point_labels

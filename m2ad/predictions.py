@@ -15,7 +15,14 @@ column          type         meaning
 ==============  ===========  ====================================================================
 
 The file's key-value metadata ``m2ad.predictions`` holds JSON:
-``{"format_version": 1, "map_dtype": "float16" | "float32", ...free provenance...}``.
+``{"format_version": 2, "map_dtype": "float16" | "float32", "map_kind": "pixel" | "point",
+...free provenance...}``.
+
+Map kinds (version 2): a ``pixel`` file holds 2-D anomaly maps, as above; a ``point`` file holds
+one score per point of each sample's point cloud, ragged: ``map`` is the raw bytes of the N
+scores in the cloud's point order, ``map_height`` is 1 and ``map_width`` is N, which must equal
+the manifest's ``num_points`` of the sample.  Version-1 files (no ``map_kind``) are read as
+``pixel`` files, unchanged.
 
 Integrity: files written here carry a CRC-32 in every data page's header (Parquet page
 checksums) and ``m2ad.predictions.sha256``, the sha256 of the ``m2ad.predictions`` JSON.  Reading
@@ -46,7 +53,10 @@ import pyarrow.parquet as pq
 
 from m2ad.metrics import all_finite
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+"""Versions this m2ad reads: 1 (pixel maps only, no ``map_kind``) and 2."""
+MAP_KINDS = ("pixel", "point")
 METADATA_KEY = "m2ad.predictions"
 CHECKSUM_KEY = "m2ad.predictions.sha256"
 """Key-value metadata: the hex sha256 of the ``METADATA_KEY`` JSON (optional for other writers)."""
@@ -106,11 +116,13 @@ class PredictionsInfo:
     num_rows: int
     has_maps: bool
     metadata: dict[str, Any] = field(default_factory=dict)
+    map_kind: str = "pixel"
 
 
 @dataclass
 class PredictionBatch:
-    """Consecutive rows of a predictions file; ``maps`` is None when the file has no maps."""
+    """Consecutive rows of a predictions file; ``maps`` is None when the file has no maps, else
+    float32 arrays: (H, W) each in a pixel file, (N,) each in a point file."""
 
     sample_ids: list[str]
     scores: np.ndarray
@@ -124,6 +136,12 @@ def _check_map_dtype(map_dtype: str) -> np.dtype:
     if map_dtype not in MAP_DTYPES:
         raise ValueError(f"map_dtype must be one of {MAP_DTYPES}, got {map_dtype!r}")
     return np.dtype(map_dtype).newbyteorder("<")
+
+
+def _check_map_kind(map_kind: str) -> str:
+    if map_kind not in MAP_KINDS:
+        raise ValueError(f"map_kind must be one of {MAP_KINDS}, got {map_kind!r}")
+    return map_kind
 
 
 def _temporary_name(path: Path) -> Path:
@@ -141,17 +159,19 @@ class PredictionsWriter:
     Each batch is checked as it comes: ids unique over the whole file, scores and maps finite,
     maps 2-D and either given for every batch or for none, values representable in
     ``map_dtype`` (float16 overflows above 65504: pass ``map_dtype="float32"`` or rescale).
+    ``map_kind="point"``: each map is a 1-D array of per-point scores (any length per sample).
     """
 
     def __init__(self, path: str | Path, *, map_dtype: str = "float16", metadata: Mapping[str, Any] | None = None,
-                 row_group_bytes: int = ROW_GROUP_BYTES):
+                 row_group_bytes: int = ROW_GROUP_BYTES, map_kind: str = "pixel"):
         self.path = Path(path)
         self.map_dtype = map_dtype
         self._dtype = _check_map_dtype(map_dtype)
+        self.map_kind = _check_map_kind(map_kind)
         provenance = dict(metadata or {})
-        for reserved in ("format_version", "map_dtype"):
+        for reserved in ("format_version", "map_dtype", "map_kind"):
             provenance.pop(reserved, None)
-        header = {"format_version": FORMAT_VERSION, "map_dtype": map_dtype, **provenance}
+        header = {"format_version": FORMAT_VERSION, "map_dtype": map_dtype, "map_kind": map_kind, **provenance}
         try:
             header_json = json.dumps(header, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as error:
@@ -169,7 +189,8 @@ class PredictionsWriter:
 
     def write_batch(self, sample_ids: Sequence[str], scores: Sequence[float] | np.ndarray,
                     maps: np.ndarray | Sequence[np.ndarray] | None = None) -> None:
-        """Append one batch: ``B`` ids, ``B`` scores and optionally ``B`` maps (H x W each)."""
+        """Append one batch: ``B`` ids, ``B`` scores and optionally ``B`` maps (H x W each; in a
+        point file, one 1-D array of per-point scores each)."""
         if self._writer is None:
             raise ValueError(f"{self.path}: the writer is closed")
         ids = [str(sample_id) for sample_id in sample_ids]
@@ -216,6 +237,13 @@ class PredictionsWriter:
             return pa.nulls(len(ids), pa.binary()), [None] * len(ids), [None] * len(ids)
         if len(maps) != len(ids):
             raise PredictionsError(None, {"length mismatch": [f"{len(ids)} ids but {len(maps)} maps"]})
+        if self.map_kind == "point":  # ragged 1-D score arrays, each stored as a 1 x N map
+            rows = [np.asarray(values) for values in maps]
+            wrong = [f"{sample_id} {values.shape}" for sample_id, values in zip(ids, rows) if values.ndim != 1 or not values.size]
+            if wrong:
+                problems.setdefault("wrong point score shapes", []).extend(f"{item}: expected one 1-D array of N scores" for item in wrong)
+                return pa.nulls(len(ids), pa.binary()), [None] * len(ids), [None] * len(ids)
+            maps = [values[None, :] for values in rows]
         if isinstance(maps, np.ndarray) and maps.ndim == 3 and maps.dtype.kind in "fiub" and maps.size:
             # a batch array: converted and checked at once, copied only when kept (any problem
             # is then found and reported per map below)
@@ -323,9 +351,9 @@ def as_map_dtype(maps: np.ndarray, map_dtype: str) -> np.ndarray:
 
 def write(path: str | Path, sample_ids: Sequence[str], scores: Sequence[float] | np.ndarray,
           maps: np.ndarray | Sequence[np.ndarray] | None = None, *, map_dtype: str = "float16",
-          metadata: Mapping[str, Any] | None = None) -> Path:
+          metadata: Mapping[str, Any] | None = None, map_kind: str = "pixel") -> Path:
     """Write a whole predictions file at once (atomically); see ``PredictionsWriter``."""
-    with PredictionsWriter(path, map_dtype=map_dtype, metadata=metadata) as writer:
+    with PredictionsWriter(path, map_dtype=map_dtype, metadata=metadata, map_kind=map_kind) as writer:
         writer.write_batch(sample_ids, scores, maps)
     return Path(path)
 
@@ -395,11 +423,17 @@ def _read_header(path: Path, parquet: pq.ParquetFile) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise PredictionsError(path, {"bad metadata": [f"'{METADATA_KEY}' must be a JSON object"]})
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        upgrade = "; upgrade m2ad" if isinstance(version, int) and version > FORMAT_VERSION else ""
         raise PredictionsError(path, {"unsupported format_version": [
-            f"{version!r} (this m2ad reads version {FORMAT_VERSION}{'; upgrade m2ad' if isinstance(version, int) and version > FORMAT_VERSION else ''})"]})
+            f"{version!r} (this m2ad reads versions {', '.join(map(str, READ_VERSIONS))}{upgrade})"]})
     if header.get("map_dtype") not in MAP_DTYPES:
         raise PredictionsError(path, {"wrong dtypes": [f"map_dtype {header.get('map_dtype')!r}; expected one of {MAP_DTYPES}"]})
+    if version == 1 and "map_kind" in header:
+        raise PredictionsError(path, {"bad metadata": ["a version-1 file has no map_kind (version 2 introduced it)"]})
+    header = {**header, "map_kind": header.get("map_kind", "pixel")}
+    if header["map_kind"] not in MAP_KINDS:
+        raise PredictionsError(path, {"bad metadata": [f"map_kind {header['map_kind']!r}; expected one of {MAP_KINDS}"]})
     return header
 
 
@@ -437,6 +471,7 @@ class PredictionsFile:
         with _reading(self.path):
             _check_columns(self.path, self._parquet)
         self.map_dtype: str = self.header["map_dtype"]
+        self.map_kind: str = self.header["map_kind"]
         self._dtype = _check_map_dtype(self.map_dtype)
         self._index: dict[str, int] | None = None
 
@@ -454,9 +489,9 @@ class PredictionsFile:
         """The header and shape of the file (reads the ``map`` validity, not the map bytes)."""
         with _reading(self.path):
             maps_present = self._parquet.read(columns=["map_height"]).column(0).null_count < self.num_rows
-        provenance = {key: value for key, value in self.header.items() if key not in ("format_version", "map_dtype")}
+        provenance = {key: value for key, value in self.header.items() if key not in ("format_version", "map_dtype", "map_kind")}
         return PredictionsInfo(self.path, self.header["format_version"], self.map_dtype, self.num_rows,
-                               bool(self.num_rows and maps_present), provenance)
+                               bool(self.num_rows and maps_present), provenance, self.map_kind)
 
     def ids_and_scores(self) -> tuple[list[str], np.ndarray]:
         """All sample ids and scores in file order (no map bytes are read)."""
@@ -486,6 +521,8 @@ class PredictionsFile:
         else:
             maps = [data[start:end].view(self._dtype).reshape(int(height), int(width)).astype(np.float32)
                     for start, end, height, width in zip(offsets[:-1], offsets[1:], heights, widths)]
+        if self.map_kind == "point":
+            maps = [values.reshape(-1) for values in maps]
         return PredictionBatch(ids, scores, maps)
 
     def read_row_group(self, index: int, *, with_maps: bool = True) -> PredictionBatch:
@@ -570,11 +607,13 @@ class _Offenders:
 
 
 def validate(path: str | Path, expected: Mapping[str, tuple[int, int] | None], *, optional: Collection[str] = (),
-             require_maps: bool = False, max_bytes: int | None = None) -> PredictionsInfo:
+             require_maps: bool = False, max_bytes: int | None = None, map_kind: str | None = None) -> PredictionsInfo:
     """Check a predictions file against the samples it should cover; raise ``PredictionsError``.
 
     ``expected`` maps every sample id that must be present to the (H, W) its map must have
-    (``None``: any shape).  Ids in ``optional`` may be present or absent (their maps are checked
+    (``None``: any shape; for a point file (1, N), N the sample's point count).  ``map_kind``:
+    the kind of maps the evaluation needs (``None``: either); a file of the other kind is
+    refused (``wrong map kind``).  Ids in ``optional`` may be present or absent (their maps are checked
     against nothing but well-formedness); any other id is *unknown*.  The file must carry maps
     for all rows or for none, and for all when ``require_maps``.  Files larger than
     ``max_bytes`` (default: ``size_cap``: float32 maps of the expected and optional rows x 1.5
@@ -590,6 +629,11 @@ def validate(path: str | Path, expected: Mapping[str, tuple[int, int] | None], *
         raise PredictionsError(path, {"oversized file": [
             f"{size:,} bytes, more than the {cap:,} allowed for {len(expected):,} expected maps"]})
     handle = PredictionsFile(path)
+    if map_kind is not None and handle.map_kind != _check_map_kind(map_kind) and handle.info().has_maps:
+        what = "per-point scores of point clouds" if map_kind == "point" else "2-D anomaly maps"
+        raise PredictionsError(path, {"wrong map kind": [
+            f"the file holds {handle.map_kind} maps, this evaluation scores {map_kind} maps ({what}); write it with map_kind={map_kind!r}"]})
+    points = handle.map_kind == "point"
     itemsize = handle._dtype.itemsize
     offenders = _Offenders()
     seen: set[str] = set()
@@ -625,6 +669,12 @@ def validate(path: str | Path, expected: Mapping[str, tuple[int, int] | None], *
                 offenders.add("wrong map shapes", f"{sample_id}: {size} bytes for {height} x {width} {handle.map_dtype}")
                 continue
             wanted = expected.get(sample_id)
+            if points and height != 1:
+                offenders.add("wrong map shapes", f"{sample_id}: {height} x {width}; a point map is stored as 1 x N")
+                continue
+            if points and wanted is not None and width != wanted[1]:
+                offenders.add("wrong point counts", f"{sample_id}: {width} scores for a cloud of {wanted[1]} points")
+                continue
             if wanted is not None and (height, width) != tuple(wanted):
                 offenders.add("wrong map shapes", f"{sample_id}: {height} x {width}, expected {wanted[0]} x {wanted[1]}")
                 continue
@@ -643,11 +693,12 @@ def validate(path: str | Path, expected: Mapping[str, tuple[int, int] | None], *
         offenders.add("missing maps", f"{without_map} rows have no map; this evaluation needs anomaly maps")
     if offenders.items:
         raise PredictionsError(path, offenders.items, offenders.counts)
-    provenance = {key: value for key, value in handle.header.items() if key not in ("format_version", "map_dtype")}
-    return PredictionsInfo(path, handle.header["format_version"], handle.map_dtype, handle.num_rows, with_map > 0, provenance)
+    provenance = {key: value for key, value in handle.header.items() if key not in ("format_version", "map_dtype", "map_kind")}
+    return PredictionsInfo(path, handle.header["format_version"], handle.map_dtype, handle.num_rows, with_map > 0, provenance,
+                           handle.map_kind)
 
 
 __all__ = [
-    "CHECKSUM_KEY", "FORMAT_VERSION", "MAP_DTYPES", "METADATA_KEY", "SCHEMA", "WRITE_OPTIONS", "file_metadata", "PredictionBatch", "PredictionsError", "PredictionsFile",
+    "CHECKSUM_KEY", "FORMAT_VERSION", "MAP_DTYPES", "MAP_KINDS", "READ_VERSIONS", "METADATA_KEY", "SCHEMA", "WRITE_OPTIONS", "file_metadata", "PredictionBatch", "PredictionsError", "PredictionsFile",
     "PredictionsInfo", "PredictionsWriter", "read", "size_cap", "validate", "write",
 ]

@@ -614,3 +614,58 @@ def render_image(shape: str, anomalous: bool, index: int, seed: int, width: int,
 def category_seed(seed: int, category: str) -> int:
     """A seed of its own for each category of a dataset whose categories share a shape."""
     return (seed << 32) | zlib.crc32(category.encode())
+
+
+# --------------------------------------------------------------------------------------------
+# Point clouds: the surface of a specimen, sampled, with bulge and sink defects
+# --------------------------------------------------------------------------------------------
+
+POINT_DEFECTS = ("bulge", "sink")
+"""Real3D-AD's defect kinds: material added (the surface pushed out along its normals) or
+missing (pushed in)."""
+
+
+@dataclass(frozen=True)
+class SurfaceCloud:
+    """A sampled specimen surface: float32 points (N, 3), unit normals (N, 3) and uint8 labels
+    (N,) (1 = displaced by the defect), and the defect kind (``""`` for a normal specimen)."""
+
+    points: np.ndarray
+    normals: np.ndarray
+    labels: np.ndarray
+    defect: str
+
+
+def surface_cloud(shape: str, defect: str, index: int, seed: int, num_points: int) -> SurfaceCloud:
+    """``num_points`` points of a specimen's surface (the whole solid, as a 360-degree scan
+    sees it), with one defect (``bulge`` or ``sink``, ``""`` for none): the points within a
+    random radius of a random surface point move along their normals by a smooth bump, and
+    are labelled 1.  Specimens vary by variant, scale, orientation and a small noise; the
+    draws depend on (seed, shape, defect, index) only."""
+    if defect not in ("", *POINT_DEFECTS):
+        raise ValueError(f"unknown point-cloud defect {defect!r}; choose from {', '.join(POINT_DEFECTS)} or ''")
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32, zlib.crc32(f"{shape}/{defect}".encode()), index])
+    variant = _variants(shape)[int(rng.integers(2))]
+    start = rng.normal(size=(num_points * 2, 3))
+    points = start / np.linalg.norm(start, axis=1, keepdims=True) * _BOUND_RADIUS
+    for _ in range(40):
+        points = points - variant.sdf(points)[:, None] * _gradient(variant.sdf, points)
+    on_surface = np.abs(variant.sdf(points)) < 1e-3
+    points = points[on_surface][:num_points]
+    if len(points) < num_points:  # rare: top up with jittered copies of found points
+        extra = points[rng.integers(len(points), size=num_points - len(points))] + rng.normal(scale=1e-3, size=(num_points - len(points), 3))
+        points = np.concatenate([points, extra])
+    normals = _gradient(variant.sdf, points)
+    labels = np.zeros(num_points, np.uint8)
+    if defect:
+        centre = points[int(rng.integers(num_points))]
+        radius = float(rng.uniform(0.12, 0.22))
+        distance = np.linalg.norm(points - centre, axis=1)
+        inside = distance < radius
+        height = float(rng.uniform(0.06, 0.1)) * (1 if defect == "bulge" else -1)
+        points = points + (height * (1 - (distance / radius) ** 2) * inside)[:, None] * normals
+        labels[inside] = 1
+    rotation = _rotation(rng.normal(size=3), float(rng.uniform(0, 2 * np.pi)))
+    scale = float(rng.uniform(0.95, 1.05))
+    points = (points @ rotation.T) * scale + rng.normal(scale=2e-3, size=points.shape)
+    return SurfaceCloud(points.astype(np.float32), (normals @ rotation.T).astype(np.float32), labels, defect)

@@ -103,6 +103,7 @@ from m2ad.modalities.base import (
 )
 from m2ad.modalities.image import RESIZE as IMAGE_RESIZE
 from m2ad.modalities.mask import resize_mask_exact, resize_mask_official
+from m2ad.modalities.points import PROBLEM_KINDS as POINTS_PROBLEM_KINDS
 from m2ad.processes import process_pool
 from m2ad.schema import (
     CARD_FILE,
@@ -141,7 +142,9 @@ MIN_RESOLUTION = 8
 MEMORY_FRACTION = 0.5
 """Share of the available memory that the resizing workers may plan to use together."""
 PIXEL_KINDS = ("unreadable-image", "unreadable-mask", "mask-size", "mask-mode", "image-size", "upsample", "too-large")
-"""Problem kinds found while decoding (every dataset), beside those of its layout parser."""
+"""Problem kinds found while decoding (every image dataset), beside those of its layout parser."""
+POINT_KINDS = ("unreadable-points", *POINTS_PROBLEM_KINDS)
+"""Problem kinds found while decoding point clouds (``m2ad.modalities.points``)."""
 SOURCE_KINDS = ("symlink-outside",)
 """Problem kinds a source reports about itself (:meth:`FolderSource.problems`)."""
 
@@ -347,20 +350,23 @@ def _process_specimen(records: Sequence[ReleaseRecord], job: _Job, source: TreeS
     problems: list[Problem] = []
     aligned: dict[tuple[str, str], Encoded | None] = {}  # (modality, path) -> columns (None: refused); M2AD's masks serve 10 images
     first_size: tuple[int, int] | None = None
+    primary_name = job.modalities[0]
     for record in records:
+        primary_path = record.files[primary_name]
         try:
-            with _open_member(source, record.image_path) as stream:
-                primary = modalities.get("image").encode(stream, record.image_path, job.limits, None)
+            with _open_member(source, primary_path) as stream:
+                primary = modalities.get(primary_name).encode(stream, primary_path, job.limits, None)
         except Refused as refused:
-            problems.append(Problem(refused.kind, record.image_path, str(refused), record.specimen_path))
+            problems.append(Problem(refused.kind, primary_path, str(refused), record.specimen_path))
             continue
         except Exception as error:  # PIL raises several types for broken files
-            problems.append(Problem("unreadable-image", record.image_path, f"cannot decode the image ({error})", record.specimen_path))
+            problems.append(Problem(_unreadable(primary_name), primary_path, f"cannot decode the {primary_name} ({error})",
+                                    record.specimen_path))
             continue
         first_size = first_size or primary.size
         if job.same_size_within_specimen and primary.size != first_size:
             message = f"image is {primary.size[0]}x{primary.size[1]} but the other images of its specimen are {first_size[0]}x{first_size[1]}"
-            problems.append(Problem("image-size", record.image_path, message, record.specimen_path))
+            problems.append(Problem("image-size", primary_path, message, record.specimen_path))
             continue
         columns = dict(primary.columns)
         for name in job.modalities[1:]:
@@ -417,7 +423,7 @@ def _row(record: ReleaseRecord, stored: _Stored, source: TreeSource, spec: Datas
             data = stored.columns.get(column)
             if data is None and path is not None:
                 data = source.read_bytes(path)
-            row[column] = None if data is None else {"bytes": data, "path": None}
+            row[column] = None if data is None else modalities.get(name).row_value(data)
     row.update(width=stored.width, height=stored.height)
     return row
 
@@ -607,7 +613,10 @@ def _write_manifest(out: Path, unit_names: Sequence[str], spec: DatasetSpec) -> 
 
 def _check_first_image(tree: TreeSource, record: ReleaseRecord, limits: ResizeLimits, workers: int) -> None:
     """Refuse, before any work, a resolution that the first image shows to be an upsampling
-    (without ``allow_upsample``) or to need more memory than the workers may use together."""
+    (without ``allow_upsample``) or to need more memory than the workers may use together
+    (nothing to check for samples without an image: point clouds are never resized)."""
+    if "image" not in record.files:
+        return
     try:
         with _open_member(tree, record.image_path) as stream:
             size = Image.open(stream).size

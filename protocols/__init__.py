@@ -19,6 +19,7 @@ PROTOCOL_MODULES: dict[str, str] = {
     "synergy": "protocols.synergy",
     "standard": "protocols.standard",
     "realiad-sample": "protocols.realiad_sample",
+    "real3d-ad": "protocols.real3d_ad",
 }
 """Registry name -> module holding its ``SPEC``."""
 

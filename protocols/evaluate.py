@@ -209,7 +209,7 @@ def evaluate_category(protocol: protocols.ProtocolSpec, test: pl.DataFrame, hand
         ids = [batch.sample_ids[index] for index in keep]
         maps = None if batch.maps is None else [batch.maps[index] for index in keep]
         rows = np.array([row_of[sample_id] for sample_id in ids], dtype=np.int64)
-        masks = reader.masks(test[rows], mask_rule) if needs_masks else None
+        masks = reader.ground_truth(test[rows], mask_rule) if needs_masks else None  # per-point labels for point clouds
         evaluator.update(ids, batch.scores[keep], maps, masks)
         if advance is not None:
             advance(len(ids))
@@ -251,8 +251,12 @@ def evaluate_predictions(protocol: str, data: str | Path, predictions: str | Pat
     names = _choose_categories(info, manifest, categories)
 
     tests = {name: chosen.test_samples(manifest, name) for name in names}
-    expected = {row["sample_id"]: (row["height"], row["width"])
-                for frame in tests.values() for row in frame.select("sample_id", "height", "width").iter_rows(named=True)}
+    if chosen.map_kind == "point":  # a point map is stored as 1 x N, N the cloud's point count
+        expected = {sample_id: (1, count) for frame in tests.values()
+                    for sample_id, count in zip(frame["sample_id"].to_list(), frame["num_points"].to_list())}
+    else:
+        expected = {row["sample_id"]: (row["height"], row["width"])
+                    for frame in tests.values() for row in frame.select("sample_id", "height", "width").iter_rows(named=True)}
     all_test = manifest.filter(pl.col("split") == "test")["sample_id"].to_list()
     optional = [sample_id for sample_id in all_test if sample_id not in expected]
     category_of = {sample_id: name for name, frame in tests.items() for sample_id in frame["sample_id"]}
@@ -264,7 +268,7 @@ def evaluate_predictions(protocol: str, data: str | Path, predictions: str | Pat
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=True) as bar, m2ad_data.ShardReader(root) as reader:
         step = bar.add_task("validating the predictions", total=None)
-        predictions_info = validate(predictions, expected, optional=optional)
+        predictions_info = validate(predictions, expected, optional=optional, map_kind=chosen.map_kind)
         handle = PredictionsFile(predictions)
         groups_of: dict[str, list[int]] = defaultdict(list)
         for group in range(handle.num_row_groups):

@@ -40,6 +40,9 @@ from servers import FileServer, write_sha256sums
 OPTIONS = {"m2ad": dict(categories=("Cube",), normal_specimens=2, ng_specimens=1, resolution=16)}
 DEFAULT_OPTIONS = dict(normal_specimens=3, ng_specimens=2, resolution=32)
 GENERIC_KINDS = ("unreadable-image", "unreadable-mask", "mask-size", "mask-mode", "symlink-outside")
+POINT_KINDS = ("pcd-fields", "pcd-format", "gt-format", "points-symlink-outside")
+"""The kinds every point-cloud dataset (primary modality ``points``) can report; the last is
+``symlink-outside`` provoked on a cloud."""
 
 
 def fixture_tree(name: str, root: Path) -> Path:
@@ -55,6 +58,8 @@ def required_kinds(name: str) -> set[str]:
     """Every problem kind dataset ``name`` can report: its layout's, and the pixel and source
     kinds of its modalities."""
     spec = get(name)
+    if spec.modalities[0] == "points":
+        return {*spec.layout.problem_kinds, *POINT_KINDS}
     return {*spec.layout.problem_kinds, *GENERIC_KINDS, *(("image-size",) if spec.same_size_within_specimen else ())}
 
 
@@ -106,7 +111,7 @@ def test_each_fitting_protocol_selects_train_and_test(shards: tuple[str, Path]) 
     name, out = shards
     info = DatasetInfo.read(out)
     fitting = [protocol for protocol in info.protocols if protocol in protocols.available()]
-    assert "standard" in fitting
+    assert fitting and ("standard" in fitting or "points" in info.modalities)
     manifest = pl.read_parquet(out / MANIFEST_FILE)
     for protocol_name in fitting:
         protocol = protocols.get(protocol_name)
@@ -126,8 +131,12 @@ def test_every_protocol_evaluates_the_shards_or_is_refused_in_one_line(shards: t
     manifest = pl.read_parquet(out / MANIFEST_FILE)
     test = manifest.filter(pl.col("split") == "test")
     rng = np.random.default_rng(0)
-    maps = [rng.random((height, width)).astype(np.float32) for height, width in zip(test["height"], test["width"])]
-    path = write_predictions(tmp_path / "p.parquet", test["sample_id"].to_list(), rng.random(test.height).tolist(), maps)
+    if "points" in info.modalities:  # one score per point of each cloud
+        maps = [rng.random(count).astype(np.float32) for count in test["num_points"]]
+    else:
+        maps = [rng.random((height, width)).astype(np.float32) for height, width in zip(test["height"], test["width"])]
+    path = write_predictions(tmp_path / "p.parquet", test["sample_id"].to_list(), rng.random(test.height).tolist(), maps,
+                             map_kind="point" if "points" in info.modalities else "pixel")
     for protocol_name in protocols.available():
         if protocol_name in info.protocols:
             result = evaluate(protocol_name, out, path, progress=False)
@@ -143,12 +152,13 @@ def test_every_protocol_evaluates_the_shards_or_is_refused_in_one_line(shards: t
 
 def test_the_random_method_runs_end_to_end(shards: tuple[str, Path], tmp_path: Path) -> None:
     name, out = shards
-    result = run(RunConfig(protocol="standard", methods=("random",), data=out, out=tmp_path / "run", executor="local"), progress=False)
+    protocol = DatasetInfo.read(out).protocols[0]
+    result = run(RunConfig(protocol=protocol, methods=("random",), data=out, out=tmp_path / "run", executor="local"), progress=False)
     assert result.ok and result.failed == []
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     means = summary["methods"]["random"]["mean"]
     assert means and all(value is None or 0.0 <= value <= 1.0 for value in means.values())
-    assert means["image_auroc"] is not None
+    assert means[protocols.get(protocol).metric_names[0]] is not None
 
 
 # ------------------------------------------------------------------------------ corrupted fixtures
@@ -205,7 +215,45 @@ def _image_size(root: Path, name: str) -> str:
     return last.image_path
 
 
-GENERIC = {"unreadable-image": _unreadable_image, "unreadable-mask": _unreadable_mask, "mask-size": _mask_size,
+def _first_anomalous_cloud(root: Path, name: str) -> ReleaseRecord:
+    records = get(name).layout.parse(FolderSource(root), dataset_name=name).records
+    return next(record for record in records if record.label)
+
+
+def _first_normal_test_cloud(root: Path, name: str) -> ReleaseRecord:
+    records = get(name).layout.parse(FolderSource(root), dataset_name=name).records
+    return next(record for record in records if record.split == "test" and not record.label)
+
+
+def _pcd_fields(root: Path, name: str) -> str:
+    path = _first_normal_test_cloud(root, name).files["points"]
+    (root / path).write_bytes(b"VERSION 0.7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F F\nCOUNT 1 1 1 1\nWIDTH 1\nHEIGHT 1\n"
+                              b"POINTS 1\nDATA ascii\n0 0 0 0\n")
+    return path
+
+
+def _pcd_format(root: Path, name: str) -> str:
+    path = _first_normal_test_cloud(root, name).files["points"]
+    (root / path).write_bytes((root / path).read_bytes()[:-5])  # a truncated binary body
+    return path
+
+
+def _gt_format(root: Path, name: str) -> str:
+    path = _first_anomalous_cloud(root, name).files["points"]
+    (root / path).write_text("0.1 0.2 0.3 1\n0.1 0.2 0.3 7\n")  # a label that is neither 0 nor 1
+    return path
+
+
+def _points_symlink_outside(root: Path, name: str) -> str:
+    path = _first_normal_test_cloud(root, name).files["points"]
+    outside = root.parent / f"outside-{name}.pcd"
+    shutil.move(root / path, outside)
+    (root / path).symlink_to(outside)
+    return path
+
+
+GENERIC = {"pcd-fields": _pcd_fields, "pcd-format": _pcd_format, "gt-format": _gt_format, "points-symlink-outside": _points_symlink_outside,
+           "unreadable-image": _unreadable_image, "unreadable-mask": _unreadable_mask, "mask-size": _mask_size,
            "mask-mode": _mask_mode, "symlink-outside": _symlink_outside, "image-size": _image_size}
 
 
@@ -333,6 +381,23 @@ def _visa(kind: str, root: Path) -> str:
     raise KeyError(kind)
 
 
+def _real3d_ad(kind: str, root: Path) -> str:
+    if kind == "unknown-file":
+        (root / "shell/train/notes.txt").write_text("x")
+        return "shell/train/notes.txt"
+    if kind == "unknown-category":
+        shutil.copytree(root / "shell", root / "shells")
+        return "shells"
+    if kind == "empty-category":
+        (root / "duck").mkdir()
+        return "duck"
+    if kind == "missing-gt":
+        gt = next((root / "shell/gt").iterdir())
+        gt.unlink()
+        return gt.relative_to(root).as_posix()
+    raise KeyError(kind)
+
+
 def _real_iad(kind: str, root: Path) -> str:
     listing = root / "realiad_jsons/realiad_jsons/audiojack.json"
     data = json.loads(listing.read_text())
@@ -382,6 +447,7 @@ SPECIFIC = {
     "folder": lambda kind, root: _folder(kind, root, "cube"),
     "visa": _visa,
     "real-iad": _real_iad,
+    "real3d-ad": _real3d_ad,
 }
 KINDS = sorted((name, kind) for name in available() for kind in required_kinds(name))
 
@@ -405,7 +471,7 @@ def test_a_corrupted_fixture_gives_the_problem(name: str, kind: str, templates: 
     with pytest.raises(ShardError) as raised:
         shard_tree(root, tmp_path / "out", dataset=name, workers=1, progress=False)
     found = [(problem.kind, problem.path) for problem in raised.value.problems]
-    assert (kind, path) in found, found
+    assert (kind.removeprefix("points-"), path) in found, found
 
 
 # ------------------------------------------------------------------------------ download

@@ -68,7 +68,7 @@ def test_round_trip(tmp_path: Path, map_dtype: str) -> None:
     scores = np.random.default_rng(1).normal(size=len(IDS))
     path = P.write(tmp_path / "p.parquet", IDS, scores, maps, map_dtype=map_dtype, metadata={"method": "m", "format_version": 9})
     info = P.validate(path, expected_for(IDS))
-    assert (info.format_version, info.map_dtype, info.num_rows, info.has_maps) == (1, map_dtype, len(IDS), True)
+    assert (info.format_version, info.map_dtype, info.num_rows, info.has_maps, info.map_kind) == (2, map_dtype, len(IDS), True, "pixel")
     assert info.metadata == {"method": "m"}  # provenance kept, reserved keys not overridable
     handle = P.read(path)
     batches = list(handle.iter_batches(batch_size=5))
@@ -220,7 +220,10 @@ def test_validate_header_and_columns(tmp_path: Path) -> None:
     expected = expected_for(ids)
     maps = list(maps_for(2))
     for meta, kind in [
-        ({"format_version": 2, "map_dtype": "float16"}, "unsupported format_version"),
+        ({"format_version": 3, "map_dtype": "float16"}, "unsupported format_version"),
+        ({"format_version": True, "map_dtype": "float16"}, "unsupported format_version"),
+        ({"format_version": 1, "map_dtype": "float16", "map_kind": "point"}, "bad metadata"),
+        ({"format_version": 2, "map_dtype": "float16", "map_kind": "voxel"}, "bad metadata"),
         ({"map_dtype": "float16"}, "unsupported format_version"),
         ({"format_version": 1, "map_dtype": "float64"}, "wrong dtypes"),
         ("{not json", "bad metadata"),

@@ -73,7 +73,8 @@ def fitting_cases() -> list[tuple[str, str]]:
     for name in protocols.available():
         requires = protocols.get(name).requires
         for manifest_name, manifest in MANIFESTS.items():
-            if all(column in manifest.columns for column in requires.columns) and all(manifest[axis].is_not_null().all() for axis in requires.axes):
+            if (all(column in manifest.columns for column in requires.columns) and all(manifest[axis].is_not_null().all() for axis in requires.axes)
+                    and ("points" not in requires.modalities or "num_points" in manifest.columns)):
                 cases.append((name, manifest_name))
     return cases
 

@@ -212,7 +212,7 @@ def test_impossible_combinations_are_refused_before_anything_starts(
     shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arguments: list[str], message: str
 ) -> None:
     class PointsOnly:
-        card = MethodCard(inputs=("points",), outputs=("point_scores",))
+        card = MethodCard(inputs=("points",), outputs=("point_map",))
         Config = dataclasses.make_dataclass("PointsOnlyConfig", [])
 
     monkeypatch.setattr(sys.modules[__name__], "PointsOnly", PointsOnly, raising=False)

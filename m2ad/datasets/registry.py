@@ -27,6 +27,7 @@ DATASET_PACKAGES: dict[str, str] = {
     "visa": "m2ad.datasets.visa",
     "real-iad": "m2ad.datasets.real_iad",
     "folder": "m2ad.datasets.folder",
+    "real3d-ad": "m2ad.datasets.real3d_ad",
 }
 """Registry name -> package holding its ``SPEC``."""
 

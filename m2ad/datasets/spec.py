@@ -176,8 +176,8 @@ class DatasetSpec:
             raise ValueError(f"{self.name}: shot_unit must be 'image' or 'specimen', not {self.shot_unit!r}")
         for modality in self.modalities:
             modalities.get(modality)
-        if not self.modalities or self.modalities[0] != "image":
-            raise ValueError(f"{self.name}: the first modality must be the primary one, 'image'")
+        if not self.modalities or self.modalities[0] not in modalities.PRIMARY_MODALITIES:
+            raise ValueError(f"{self.name}: the first modality must be a primary one ({', '.join(modalities.PRIMARY_MODALITIES)})")
         if self.variants and self.default_variant not in self.variants:
             raise ValueError(f"{self.name}: default variant {self.default_variant!r} is not one of {self.variants}")
 

@@ -1,7 +1,7 @@
 """The modality registry: what a sample can carry besides its fields, one module each.
 
-``image`` and ``mask`` now; the 3-D datasets add ``xyz``, ``points``, ``depth`` and
-``normals``.  Adding a modality is one module with a :class:`~m2ad.modalities.base.Modality`
+``image``, ``mask`` and ``points`` (point clouds with per-point labels) now; the 3-D
+datasets add ``xyz``, ``depth`` and ``normals``.  Adding a modality is one module with a :class:`~m2ad.modalities.base.Modality`
 instance called ``MODALITY`` and one line in :data:`MODALITY_MODULES`; the sharder, the
 reader and the dataset specs take everything else from it.
 """
@@ -19,8 +19,12 @@ from m2ad.modalities.base import Modality
 MODALITY_MODULES: dict[str, str] = {
     "image": "m2ad.modalities.image",
     "mask": "m2ad.modalities.mask",
+    "points": "m2ad.modalities.points",
 }
 """Modality name -> module holding its ``MODALITY``."""
+PRIMARY_MODALITIES = ("image", "points")
+"""The modalities a dataset's samples can be built around (the first of its ``modalities``):
+an image fixes the sample's size, a point cloud stands alone (width and height 0)."""
 
 
 def available() -> list[str]:

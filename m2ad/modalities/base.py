@@ -144,6 +144,12 @@ class Modality(abc.ABC):
         """The derived manifest columns of a written unit's table."""
         return {}
 
+    def row_value(self, data: bytes) -> Any:
+        """What the sharder writes in one of its Arrow columns for stored bytes ``data``: the
+        ``{"bytes", "path"}`` struct of a ``datasets.Image`` column by default; a modality with
+        plain binary columns returns the bytes."""
+        return {"bytes": data, "path": None}
+
     @abc.abstractmethod
     def encode(self, stream: BinaryIO, path: str, limits: ResizeLimits, primary: Encoded | None) -> Encoded:
         """The stored columns of the release file ``path`` read from ``stream``; ``primary`` is

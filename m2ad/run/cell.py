@@ -193,7 +193,8 @@ def execute_cell(spec: CellSpec, report: Report | None = None) -> dict[str, Any]
         predict_started, predicted = time.perf_counter(), 0
         predictions_path = spec.cell_dir / PREDICTIONS_FILE
         names = {spec.category: spec.class_name or spec.category}
-        with PredictionsWriter(predictions_path, map_dtype=spec.map_dtype, metadata=predictions_metadata(cell_identity(spec))) as writer:
+        with PredictionsWriter(predictions_path, map_dtype=spec.map_dtype, metadata=predictions_metadata(cell_identity(spec)),
+                               map_kind=protocol.map_kind) as writer:
             loaded = m2ad_data.iter_batches(spec.data, test, batch_size=spec.batch_size, with_masks=evaluator is not None,
                                             mask_rule=spec.mask_rule, threads=spec.threads)
             for batch, masks in method_batches(loaded, names, spec.method_class.card.input_unit):
@@ -267,15 +268,20 @@ def finished_cell(spec: CellSpec) -> dict[str, Any] | None:
     return None
 
 
-def checked_predictions(method: str, batch: Batch, scores: Any, maps: Any, map_dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (B,) float64 and maps (B, H, W) in ``map_dtype``, or a clear error naming the
-    method.  The maps are converted once, here: the predictions file stores them as they are
-    and the evaluator scores the very same values, so ``m2ad evaluate`` on the file agrees."""
+def checked_predictions(method: str, batch: Batch, scores: Any, maps: Any, map_dtype: str
+                        ) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
+    """Scores (B,) float64 and maps (B, H, W) in ``map_dtype`` (for point clouds, a list of
+    (N_i,) per-point scores), or a clear error naming the method.  The maps are converted
+    once, here: the predictions file stores them as they are and the evaluator scores the very
+    same values, so ``m2ad evaluate`` on the file agrees."""
     scores = np.asarray(scores, dtype=np.float64)
-    maps = np.asarray(maps)
-    expected = (len(batch), *batch.images.shape[-2:])
     if scores.shape != (len(batch),):
         raise ValueError(f"method {method!r} returned scores of shape {scores.shape}, expected ({len(batch)},)")
+    if batch.points is not None:
+        return scores, _checked_point_maps(method, batch, maps, map_dtype)
+    maps = np.asarray(maps)
+    assert batch.images is not None
+    expected = (len(batch), *batch.images.shape[-2:])
     if maps.shape != expected:
         raise ValueError(f"method {method!r} returned maps of shape {maps.shape}, expected {expected}")
     converted = as_map_dtype(maps, map_dtype)
@@ -286,6 +292,24 @@ def checked_predictions(method: str, batch: Batch, scores: Any, maps: Any, map_d
             f"method {method!r} returned map values up to {peak:.4g}, beyond float16; use --map-dtype float32 or rescale"
         )
     return scores, converted
+
+
+def _checked_point_maps(method: str, batch: Batch, maps: Any, map_dtype: str) -> list[np.ndarray]:
+    """Per-point scores, one (N_i,) array in ``map_dtype`` per cloud of ``batch``, or a clear error."""
+    assert batch.points is not None
+    if maps is None or len(maps) != len(batch):
+        raise ValueError(f"method {method!r} returned {0 if maps is None else len(maps)} point score arrays for {len(batch)} clouds")
+    converted = []
+    for sample_id, cloud, values in zip(batch.sample_ids, batch.points, maps):
+        values = np.asarray(values)
+        if values.shape != (len(cloud),):
+            raise ValueError(f"method {method!r} returned point scores of shape {values.shape} for {sample_id}, "
+                             f"expected ({len(cloud)},): one score per point")
+        stored = as_map_dtype(values.astype(np.float32, copy=False), map_dtype)
+        if map_dtype == "float16" and not all_finite(stored) and all_finite(values):
+            raise ValueError(f"method {method!r} returned point scores beyond float16; use --map-dtype float32 or rescale")
+        converted.append(stored)
+    return converted
 
 
 # --------------------------------------------------------------------------- saved fits on new data
@@ -322,7 +346,8 @@ def predict_with_fit(
                                      "seed": fit["seed"], "categories": categories, "split": split,
                                      "reimplemented_from": type(method).card.reimplemented_from})
     done = 0
-    with PredictionsWriter(out, map_dtype=map_dtype, metadata=metadata) as writer:
+    map_kind = "point" if "points" in info.modalities else "pixel"
+    with PredictionsWriter(out, map_dtype=map_dtype, metadata=metadata, map_kind=map_kind) as writer:
         loaded = m2ad_data.iter_batches(data, frame, batch_size=batch_size)
         for batch, _ in method_batches(loaded, names, type(method).card.input_unit):
             scores, maps = checked_predictions(fit["method"], batch, *method.predict(batch), map_dtype)
@@ -364,24 +389,25 @@ def method_batches(loaded: Iterable[m2ad_data.LoadedBatch], class_names: dict[st
     never split (a batch may then exceed the batch size by less than a group)."""
     if input_unit == "image":
         for data_batch in loaded:
-            yield _method_batch(data_batch, class_names), data_batch.masks
+            yield _method_batch(data_batch, class_names), data_batch.ground_truth
         return
     columns = ["specimen", "view"] if input_unit == "view" else ["specimen"]
     held: list[tuple[Batch, np.ndarray | None]] = []  # the rows of the group still open
     open_group: tuple[Any, ...] | None = None
     for data_batch in loaded:
         batch = _method_batch(data_batch, class_names)
+        truth = data_batch.ground_truth
         keys = list(zip(*(data_batch.frame[column].to_list() for column in columns), strict=True))
         if held and keys[0] != open_group:
             yield _join(held)
             held = []
         cut = next((index for index in range(len(keys) - 1, 0, -1) if keys[index] != keys[index - 1]), 0)
         if cut:
-            held.append(_slice(batch, data_batch.masks, 0, cut))
+            held.append(_slice(batch, truth, 0, cut))
             yield _join(held)
-            held = [_slice(batch, data_batch.masks, cut, len(batch))]
+            held = [_slice(batch, truth, cut, len(batch))]
         else:  # the whole batch is one group, which may go on in the next batch
-            held.append((batch, data_batch.masks))
+            held.append((batch, truth))
         open_group = keys[-1]
     if held:
         yield _join(held)
@@ -397,17 +423,23 @@ def _method_batch(data_batch: m2ad_data.LoadedBatch, class_names: dict[str, str]
         illuminations=list(data_batch.illuminations),
         class_names=[class_names.get(category, category) for category in categories],
         specimens=data_batch.frame["specimen"].to_list(),
+        points=data_batch.points,
     )
 
 
-def _slice(batch: Batch, masks: np.ndarray | None, start: int, stop: int) -> tuple[Batch, np.ndarray | None]:
-    part = Batch(batch.sample_ids[start:stop], batch.images[start:stop], batch.categories[start:stop], batch.views[start:stop],
-                 batch.illuminations[start:stop], batch.class_names[start:stop], batch.specimens[start:stop],
-                 {name: tensor[start:stop] for name, tensor in batch.modalities.items()})
+GroundTruth = np.ndarray | list[np.ndarray] | None
+"""Masks (B, H, W), or the per-point labels of a point-cloud batch (a list), or None."""
+
+
+def _slice(batch: Batch, masks: GroundTruth, start: int, stop: int) -> tuple[Batch, GroundTruth]:
+    part = Batch(batch.sample_ids[start:stop], None if batch.images is None else batch.images[start:stop], batch.categories[start:stop],
+                 batch.views[start:stop], batch.illuminations[start:stop], batch.class_names[start:stop], batch.specimens[start:stop],
+                 {name: tensor[start:stop] for name, tensor in batch.modalities.items()},
+                 None if batch.points is None else batch.points[start:stop])
     return part, None if masks is None else masks[start:stop]
 
 
-def _join(parts: list[tuple[Batch, np.ndarray | None]]) -> tuple[Batch, np.ndarray | None]:
+def _join(parts: list[tuple[Batch, GroundTruth]]) -> tuple[Batch, GroundTruth]:
     if len(parts) == 1:
         return parts[0]
     batches = [batch for batch, _ in parts]
@@ -415,11 +447,16 @@ def _join(parts: list[tuple[Batch, np.ndarray | None]]) -> tuple[Batch, np.ndarr
     def joined(name: str) -> list[Any]:
         return [item for batch in batches for item in getattr(batch, name)]
 
-    batch = Batch(joined("sample_ids"), torch.cat([b.images for b in batches]), joined("categories"), joined("views"),
+    images = None if batches[0].images is None else torch.cat([b.images for b in batches])
+    points = None if batches[0].points is None else joined("points")
+    batch = Batch(joined("sample_ids"), images, joined("categories"), joined("views"),
                   joined("illuminations"), joined("class_names"), joined("specimens"),
-                  {name: torch.cat([b.modalities[name] for b in batches]) for name in batches[0].modalities})
-    masks = None if parts[0][1] is None else np.concatenate([masks for _, masks in parts])
-    return batch, masks
+                  {name: torch.cat([b.modalities[name] for b in batches]) for name in batches[0].modalities}, points)
+    if parts[0][1] is None:
+        return batch, None
+    if isinstance(parts[0][1], list):
+        return batch, [labels for _, part in parts for labels in part]  # type: ignore[union-attr]
+    return batch, np.concatenate([masks for _, masks in parts])
 
 
 class ProgressFile:

@@ -130,8 +130,13 @@ def resolve_categories(config: RunConfig, manifest: pl.DataFrame, data: Path) ->
 def check_cards(config: RunConfig, info: DatasetInfo, manifest: pl.DataFrame, train_info: DatasetInfo | None) -> None:
     """Refuse, in one line, every method whose card cannot work in this run."""
     problems = []
+    map_kind = protocols.get(config.protocol).map_kind
+    wanted_output = "point_map" if map_kind == "point" else "pixel_map"
     for method in config.methods:
         card: MethodCard = baselines.method_class(method).card
+        if wanted_output not in card.outputs:
+            problems.append(f"method {method!r} returns {' or '.join(card.outputs)}, but protocol {config.protocol!r} scores "
+                            f"{wanted_output} predictions")
         if config.setting not in card.settings:
             problems.append(f"method {method!r} does not support the {config.setting} setting (it supports {', '.join(card.settings)})")
         elif config.setting == "zero-shot" and card.needs_fit and train_info is None:

@@ -130,6 +130,7 @@ def merge_predictions(run_dir: Path, records: list[dict[str, Any]]) -> list[Path
         header = {
             "format_version": header["format_version"],
             "map_dtype": header["map_dtype"],
+            **({"map_kind": header["map_kind"]} if "map_kind" in header else {}),
             "producer": header.get("producer"),
             "code_version": header.get("code_version"),
             "method": method,
