@@ -257,25 +257,23 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 
 def batch_clouds(batch: Batch) -> list[np.ndarray] | None:
-    """The batch's point clouds as float64 (N_i, 3) arrays, or None when it has none."""
-    clouds = getattr(batch, "points", None)
-    if clouds is None:
-        clouds = batch.modalities.get("points")
-    if clouds is None:
+    """The batch's point clouds (``Batch.points``) as float64 (N_i, 3) arrays, or None."""
+    if batch.points is None:
         return None
-    return [np.asarray(_as_numpy(cloud), dtype=np.float64).reshape(-1, 3) for cloud in clouds]
+    return [np.asarray(cloud, dtype=np.float64).reshape(-1, 3) for cloud in batch.points]
 
 
 def batch_xyz(batch: Batch) -> list[np.ndarray] | None:
-    """The batch's organised maps as float64 (H, W, 3) arrays ((B, 3, H, W) is accepted too)."""
+    """The batch's organised maps (modality ``xyz``, float32 (B, 3, H, W) as the reader gives
+    them; (B, H, W, 3) is accepted too) as float64 (H, W, 3) arrays, or None."""
     maps = batch.modalities.get("xyz")
     if maps is None:
         return None
     array = np.asarray(_as_numpy(maps), dtype=np.float64)
-    if array.ndim == 4 and array.shape[-1] != 3 and array.shape[1] == 3:
+    if array.ndim == 4 and array.shape[1] == 3:
         array = array.transpose(0, 2, 3, 1)
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(f"btf: xyz maps must be (B, H, W, 3), got {tuple(array.shape)}")
+    elif array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"btf: xyz maps must be (B, 3, H, W) or (B, H, W, 3), got {tuple(array.shape)}")
     return list(array)
 
 
@@ -283,7 +281,7 @@ class BTF:
     """Back to the Feature: a memory bank of FPFH features, nearest-neighbour anomaly scores."""
 
     name: ClassVar[str] = "btf"
-    card: ClassVar[MethodCard] = MethodCard(inputs=("points", "image+xyz"), outputs=("point_scores", "pixel_map"),
+    card: ClassVar[MethodCard] = MethodCard(inputs=("points", "image+xyz"), outputs=("point_map", "pixel_map"),
                                             settings=("single-class", "multi-class", "few-shot"))
     """A bank of one object's normal geometry says nothing about another's: no zero-shot."""
     Config: ClassVar[type] = BTFConfig
@@ -300,7 +298,7 @@ class BTF:
         maps = batch_xyz(batch)
         if maps is not None:
             return "xyz", maps
-        raise ValueError("btf reads point clouds (points) or organised xyz maps (xyz); the batch has neither")
+        raise ValueError("btf reads point clouds (Batch.points) or organised xyz maps (modality xyz); the batch has neither")
 
     def _rng(self, sample_id: str) -> np.random.Generator:
         """A RANSAC generator that depends on the seed and the sample only (not on batching)."""

@@ -64,11 +64,10 @@ def table_xyz(size: int, seed: int, defect: str | None = None) -> tuple[np.ndarr
 
 
 def point_batch(clouds: list[np.ndarray], prefix: str = "c") -> Batch:
-    """A method batch of point clouds (``modalities["points"]``: one (N_i, 3) tensor each)."""
+    """A method batch of point clouds (``Batch.points``, no images)."""
     count = len(clouds)
-    return Batch(sample_ids=[f"{prefix}{index}" for index in range(count)], images=torch.zeros((count, 3, 1, 1), dtype=torch.uint8),
-                 categories=["blob"] * count, views=[None] * count, illuminations=[None] * count,
-                 modalities={"points": [torch.from_numpy(cloud) for cloud in clouds]})
+    return Batch(sample_ids=[f"{prefix}{index}" for index in range(count)], images=None, categories=["blob"] * count,
+                 views=[None] * count, illuminations=[None] * count, points=list(clouds))
 
 
 def xyz_batch(maps: list[np.ndarray], prefix: str = "x", image_size: int | None = None) -> Batch:
