@@ -179,20 +179,21 @@ def _bin(values: np.ndarray, low: float, high: float) -> np.ndarray:
 def spfh(points: np.ndarray, normals: np.ndarray, distances: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Simplified point feature histograms (len(rows), 33) of ``points[rows]``, given each row's
     hybrid neighbourhood (``distances``, ``indices`` from :func:`hybrid_neighbors`)."""
-    neighbour = indices[:, 1:]
+    neighbour = indices[:, 1:]  # (R, K - 1); missing neighbours point at the padding row
     valid = np.isfinite(distances[:, 1:])
     counts = valid.sum(axis=1)
-    row_of_pair, column = np.nonzero(valid)
-    targets = neighbour[row_of_pair, column]
-    sources = rows[row_of_pair]
-    point_axes, normal_axes = [np.ascontiguousarray(points[:, k]) for k in range(3)], [np.ascontiguousarray(normals[:, k]) for k in range(3)]
-    theta, alpha, phi, _ = _pair_components(tuple(axis[sources] for axis in point_axes), tuple(axis[sources] for axis in normal_axes),
-                                            tuple(axis[targets] for axis in point_axes), tuple(axis[targets] for axis in normal_axes))
-    increment = 100.0 / np.maximum(counts, 1)[row_of_pair]
-    histogram = np.zeros(len(rows) * FEATURE_DIM)
-    for block, (values, low, high) in enumerate(((theta, -np.pi, np.pi), (alpha, -1.0, 1.0), (phi, -1.0, 1.0))):
-        slots = row_of_pair * FEATURE_DIM + block * BINS + _bin(values, low, high)
-        histogram += np.bincount(slots, weights=increment, minlength=histogram.size)
+    point_axes = [np.append(points[:, k], 0.0) for k in range(3)]
+    normal_axes = [np.append(normals[:, k], 0.0) for k in range(3)]
+    with np.errstate(invalid="ignore", divide="ignore"):  # padding pairs are computed, then weighted 0
+        theta, alpha, phi, _ = _pair_components(
+            tuple(axis[rows][:, None] for axis in point_axes), tuple(axis[rows][:, None] for axis in normal_axes),
+            tuple(axis[neighbour] for axis in point_axes), tuple(axis[neighbour] for axis in normal_axes))
+        increment = np.where(valid, (100.0 / np.maximum(counts, 1))[:, None], 0.0).ravel()
+        histogram = np.zeros(len(rows) * FEATURE_DIM)
+        base = (np.arange(len(rows)) * FEATURE_DIM)[:, None]
+        for block, (values, low, high) in enumerate(((theta, -np.pi, np.pi), (alpha, -1.0, 1.0), (phi, -1.0, 1.0))):
+            slots = (base + block * BINS + _bin(np.nan_to_num(values), low, high)).ravel()
+            histogram += np.bincount(slots, weights=increment, minlength=histogram.size)
     return histogram.reshape(len(rows), FEATURE_DIM)
 
 
