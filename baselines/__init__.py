@@ -17,6 +17,7 @@ from baselines.base import Batch, Method
 _REGISTRY: dict[str, str] = {
     # name: "module:Class"
     "btf": "baselines.btf:BTF",
+    "btf-rgb": "baselines.btf:BTFRGB",
     "dinomaly": "baselines.dinomaly:Dinomaly",
     "gaussian": "baselines.gaussian:GaussianMethod",
     "grnr": "baselines.grnr:GRNR",

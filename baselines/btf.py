@@ -46,9 +46,10 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from baselines.backbones import registry
 from baselines.base import Batch, MethodCard, Setting
 from baselines.features3d import FEATURE_DIM, estimate_normals, fpfh
-from baselines.patchcore import greedy_coreset, nearest_neighbors
+from baselines.patchcore import BACKBONES, choose_backbone, greedy_coreset, nearest_neighbors
 
 logger = logging.getLogger(__name__)
 
@@ -311,18 +312,24 @@ class BTF:
             return torch.from_numpy(cloud_fpfh(sample, self.config, mode, query)).float(), query
         return xyz_patches(sample, self.config, self._rng(sample_id)), None
 
+    def _batch_features(self, batch: Batch, mode: str, samples: list[np.ndarray], stride: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
+        """:meth:`_features` of every sample of the batch."""
+        return [self._features(mode, sample, sample_id, stride) for sample_id, sample in zip(batch.sample_ids, samples)]
+
+    def _feature_dim(self) -> int:
+        return FEATURE_DIM
+
     def fit(self, train: Iterable[Batch], setting: Setting = Setting()) -> None:
         """Bank the FPFH features of every training sample, then keep its coreset."""
         parts: list[torch.Tensor] = []
         for batch in train:
             mode, samples = self._mode_of(batch)
             if self.mode is not None and mode != self.mode:
-                raise ValueError(f"btf: training batches mix {self.mode} and {mode}")
+                raise ValueError(f"{self.name}: training batches mix {self.mode} and {mode}")
             self.mode = mode
-            for sample_id, sample in zip(batch.sample_ids, samples):
-                parts.append(self._features(mode, sample, sample_id, self.config.train_stride)[0])
+            parts.extend(features for features, _ in self._batch_features(batch, mode, samples, self.config.train_stride))
         if not parts or self.mode is None:
-            raise ValueError("btf: no training samples")
+            raise ValueError(f"{self.name}: no training samples")
         bank = torch.cat(parts)
         ratio = self.config.resolved(self.mode, "coreset_ratio")
         if ratio < 1.0:
@@ -334,14 +341,13 @@ class BTF:
         """Sample scores (B,) and per-point scores (a list of (N_i,) float32 arrays) for clouds,
         or anomaly maps (B, H, W) float32 at the images' size for xyz maps."""
         if self.mode is None or self.memory_bank.shape[0] == 0:
-            raise RuntimeError("btf: predict called before fit")
+            raise RuntimeError(f"{self.name}: predict called before fit")
         mode, samples = self._mode_of(batch)
         if mode != self.mode:
-            raise ValueError(f"btf: fitted on {self.mode} but the batch has {mode}")
+            raise ValueError(f"{self.name}: fitted on {self.mode} but the batch has {mode}")
         scores = np.empty(len(samples), dtype=np.float32)
         outputs = []
-        for index, (sample_id, sample) in enumerate(zip(batch.sample_ids, samples)):
-            features, query = self._features(mode, sample, sample_id, self.config.test_stride)
+        for index, (sample, (features, query)) in enumerate(zip(samples, self._batch_features(batch, mode, samples, self.config.test_stride))):
             distances, nearest = nearest_neighbors(features, self.memory_bank, self.config.query_chunk, self.config.bank_chunk)
             scores[index] = reweighted_score(features, distances, nearest, self.memory_bank, self.config.reweight_neighbors) \
                 if self.config.reweight else float(distances.max())
@@ -374,15 +380,100 @@ class BTF:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The memory bank and what it was built from (an index into :data:`MODES`)."""
         if self.mode is None:
-            raise RuntimeError("btf: state_dict called before fit")
+            raise RuntimeError(f"{self.name}: state_dict called before fit")
         return {"memory_bank": self.memory_bank, "mode": torch.tensor(MODES.index(self.mode))}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a fitted memory bank."""
         missing = {"memory_bank", "mode"} - set(state)
         if missing:
-            raise ValueError(f"btf: state lacks {sorted(missing)}")
+            raise ValueError(f"{self.name}: state lacks {sorted(missing)}")
         bank = torch.as_tensor(state["memory_bank"], dtype=torch.float32)
-        if bank.ndim != 2 or bank.shape[1] != FEATURE_DIM:
-            raise ValueError(f"btf: the memory bank must be (M, {FEATURE_DIM}), got {tuple(bank.shape)}")
+        if bank.ndim != 2 or bank.shape[1] != self._feature_dim():
+            raise ValueError(f"{self.name}: the memory bank must be (M, {self._feature_dim()}), got {tuple(bank.shape)}")
         self.memory_bank, self.mode = bank, MODES[int(state["mode"])]
+
+
+# --------------------------------------------------------------------------- RGB + FPFH
+
+
+@dataclass
+class BTFRGBConfig(BTFConfig):
+    """Options of ``btf-rgb``: those of ``btf`` (its xyz pipeline) and the RGB backbone."""
+
+    backbone: str = "auto"
+    """``auto`` (WRN-50-2 when its weights are cached, else EfficientNet-Lite0; resolved when the
+    config is built), ``wide_resnet50_2`` (3D-ADS's) or ``efficientnet_lite0``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backbone not in ("auto", *BACKBONES):
+            raise ValueError(f"backbone must be 'auto' or one of {BACKBONES}, got {self.backbone!r}")
+        self.backbone = choose_backbone(self.backbone)
+
+
+RGB_LAYERS = {"wide_resnet50_2": ("layer2", "layer3"), "efficientnet_lite0": ("stride8", "stride16")}
+"""The two backbone stages 3D-ADS taps (timm ``out_indices=(2, 3)``: strides 8 and 16)."""
+RGB_CHANNELS = {"wide_resnet50_2": 512 + 1024, "efficientnet_lite0": 40 + 112}
+
+
+class BTFRGB(BTF):
+    """3D-ADS's "RGB + FPFH": each patch's RGB features (two backbone stages, 3 x 3 averaged,
+    pooled to the FPFH patch grid) concatenated with its FPFH patch feature, one memory bank."""
+
+    name: ClassVar[str] = "btf-rgb"
+    card: ClassVar[MethodCard] = MethodCard(inputs=("image+xyz",), outputs=("pixel_map",),
+                                            settings=("single-class", "multi-class", "few-shot"), weights=BACKBONES)
+    Config: ClassVar[type] = BTFRGBConfig
+
+    def __init__(self, config: BTFRGBConfig | None = None) -> None:
+        super().__init__(config or BTFRGBConfig())
+        self._backbone: torch.nn.Module | None = None
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The frozen backbone, loaded on first use."""
+        if self._backbone is None:
+            self._backbone = registry.load_backbone(self.config.backbone)
+        return self._backbone
+
+    def _feature_dim(self) -> int:
+        return RGB_CHANNELS[self.config.backbone] + FEATURE_DIM
+
+    def rgb_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB patch features (B, feature_grid**2, C) of uint8 (B, 3, H, W) images, as 3D-ADS:
+        bicubic resize to ``image_size``, ImageNet normalisation, each stage 3 x 3 averaged (no
+        padding) and adaptively pooled to the patch grid, the stages concatenated."""
+        size, grid = self.config.image_size, self.config.feature_grid
+        resized = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        resized = resized.round().clamp(0, 255)  # PIL resizes 8-bit images
+        with torch.no_grad():
+            maps = registry.tap(self.backbone, registry.normalize(resized, self.config.backbone), RGB_LAYERS[self.config.backbone])
+        pooled = [F.adaptive_avg_pool2d(F.avg_pool2d(feature, kernel_size=3, stride=1), grid) for feature in maps]
+        features = torch.cat(pooled, dim=1)
+        return features.flatten(2).transpose(1, 2).float()
+
+    def _mode_of(self, batch: Batch) -> tuple[str, list[np.ndarray]]:
+        maps = batch_xyz(batch)
+        if maps is None or batch.images is None:
+            raise ValueError("btf-rgb reads RGB images with organised xyz maps (image+xyz); the batch has not both")
+        return "xyz", maps
+
+    def _batch_features(self, batch: Batch, mode: str, samples: list[np.ndarray], stride: int) -> list[tuple[torch.Tensor, np.ndarray | None]]:
+        assert batch.images is not None
+        rgb = self.rgb_patches(batch.images)
+        return [(torch.cat([colour, geometry], dim=1), None)
+                for colour, (geometry, _) in zip(rgb, super()._batch_features(batch, mode, samples, stride))]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The memory bank, its mode and the backbone that produced it (an index into ``BACKBONES``)."""
+        return {**super().state_dict(), "backbone": torch.tensor(BACKBONES.index(self.config.backbone))}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a fitted memory bank and its backbone."""
+        if "backbone" not in state:
+            raise ValueError("btf-rgb: state lacks ['backbone']")
+        backbone = BACKBONES[int(state["backbone"])]
+        if backbone != self.config.backbone:
+            self.config.backbone, self._backbone = backbone, None
+        super().load_state_dict(state)

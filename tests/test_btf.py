@@ -179,3 +179,39 @@ def test_bad_options_are_refused(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BTFConfig(**options)
     assert baselines.parse_method_args("btf", ["voxel_size=0.25", "blur=gaussian"]) == {"voxel_size": 0.25, "blur": "gaussian"}
+
+
+def test_btf_rgb_concatenates_rgb_and_fpfh_patches_and_finds_colour_defects(tmp_path) -> None:
+    from textures import textures
+
+    options = {**SMALL_XYZ, "backbone": "efficientnet_lite0"}
+    train_images, _ = textures(4, 0, size=64, square=12)
+    good_images, _ = textures(3, 1, size=64, square=12)
+    bad_images, masks = textures(3, 2, defect=True, size=64, square=12)  # colour defects on normal geometry
+    geometry = [table_xyz(64, seed=seed)[0] for seed in range(10)]
+
+    def batch(images: torch.Tensor, maps: list[np.ndarray], prefix: str):
+        made = xyz_batch(maps, prefix=prefix)
+        made.images = images
+        return made
+
+    method = baselines.create("btf-rgb", **options)
+    method.fit([batch(train_images, geometry[:4], "r")])
+    assert method.memory_bank.shape == (int(0.1 * 4 * 14 * 14), 152 + 33)  # Lite0 stages 40 + 112, then FPFH
+    test = batch(torch.cat([good_images, bad_images]), geometry[4:], "t")
+    features = method._batch_features(test, "xyz", [m for m in geometry[4:]], 1)
+    plain = baselines.create("btf", **SMALL_XYZ)
+    np.testing.assert_array_equal(features[0][0][:, 152:].numpy(), plain._features("xyz", geometry[4], "t0", 1)[0].numpy())
+    torch.testing.assert_close(features[1][0][:, :152], method.rgb_patches(test.images[1:2])[0])
+    scores, maps = method.predict(test)
+    assert maps.shape == (6, 64, 64)
+    assert roc_auc_score([0, 0, 0, 1, 1, 1], scores) == 1.0
+    assert roc_auc_score(masks.ravel(), maps[3:].ravel()) > 0.8
+    save_file(method.state_dict(), tmp_path / "state.safetensors")
+    restored = baselines.create("btf-rgb", **options)
+    restored.load_state_dict(load_file(tmp_path / "state.safetensors"))
+    np.testing.assert_array_equal(restored.predict(test)[0], scores)
+    with pytest.raises(ValueError, match="reads RGB images with organised xyz maps"):
+        method.predict(point_batch([blob_cloud(100, seed=0)[0]]))
+    with pytest.raises(ValueError, match=r"must be \(M, 185\)"):
+        restored.load_state_dict({"memory_bank": torch.zeros(3, 33), "mode": torch.tensor(1), "backbone": torch.tensor(1)})

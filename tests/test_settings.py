@@ -231,6 +231,7 @@ def test_impossible_combinations_are_refused_before_anything_starts(
 
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "btf": {"image_size": 56, "feature_grid": 14, "voxel_size": 0.02, "plane_iterations": 20},
+    "btf-rgb": {"image_size": 56, "feature_grid": 14, "voxel_size": 0.02, "plane_iterations": 20, "backbone": "efficientnet_lite0"},
     "dinomaly": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "iterations": 2, "batch_size": 4,
                  "warmup_iters": 0, "map_size": 56, "device": "cpu"},
     "gaussian": {},
