@@ -29,6 +29,10 @@ The sample score is the largest scored distance ``s*`` reweighted as 3D-ADS does
 (``features.py:150-167``): ``s = (1 - exp(s*/sqrt(D)) / sum_k exp(|m_test - m_k|/sqrt(D))) s*``
 over the ``reweight_neighbors - 1`` bank entries nearest to ``s*``'s match after the match
 itself.  See docs/methods.md for every choice and where it differs.
+
+``btf-rgb`` (:class:`BTFRGB`) is 3D-ADS's "RGB + FPFH" (``rgb_fpfh_features.py``): each xyz patch
+feature concatenated with the RGB patch feature of a frozen ImageNet backbone (two stages, 3 x 3
+averaged, pooled to the same grid).
 """
 
 from __future__ import annotations
