@@ -171,11 +171,11 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, query_chunk: in
     that at most ``query_chunk`` x ``bank_chunk`` distances exist at once."""
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
-    best_distances = torch.empty(queries.shape[0])
+    best_distances = torch.empty(queries.shape[0], dtype=queries.dtype)
     best_indices = torch.empty(queries.shape[0], dtype=torch.long)
     for start in range(0, queries.shape[0], query_chunk):
         query = queries[start : start + query_chunk]
-        chunk_best = torch.full((query.shape[0],), float("inf"))
+        chunk_best = torch.full((query.shape[0],), float("inf"), dtype=queries.dtype)
         chunk_index = torch.zeros(query.shape[0], dtype=torch.long)
         for bank_start in range(0, bank.shape[0], bank_chunk):
             distances = torch.cdist(query, bank[bank_start : bank_start + bank_chunk])

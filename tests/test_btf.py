@@ -201,7 +201,7 @@ def test_btf_rgb_concatenates_rgb_and_fpfh_patches_and_finds_colour_defects(tmp_
     test = batch(torch.cat([good_images, bad_images]), geometry[4:], "t")
     features = method._batch_features(test, "xyz", [m for m in geometry[4:]], 1)
     plain = baselines.create("btf", **SMALL_XYZ)
-    np.testing.assert_array_equal(features[0][0][:, 152:].numpy(), plain._features("xyz", geometry[4], "t0", 1)[0].numpy())
+    np.testing.assert_array_equal(features[0][0][:, 152:].numpy(), plain._features("xyz", geometry[4], "t0", 1)[0].float().numpy())
     torch.testing.assert_close(features[1][0][:, :152], method.rgb_patches(test.images[1:2])[0])
     scores, maps = method.predict(test)
     assert maps.shape == (6, 64, 64)
