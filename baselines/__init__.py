@@ -18,13 +18,17 @@ _REGISTRY: dict[str, str] = {
     # name: "module:Class"
     "btf": "baselines.btf:BTF",
     "btf-rgb": "baselines.btf:BTFRGB",
+    "cdo": "baselines.cdo:CDO",
     "dinomaly": "baselines.dinomaly:Dinomaly",
     "gaussian": "baselines.gaussian:GaussianMethod",
     "grnr": "baselines.grnr:GRNR",
     "inpformer": "baselines.inpformer:INPFormer",
     "inpformer-pp": "baselines.inpformer_pp:INPFormerPP",
+    "msflow": "baselines.msflow:MSFlow",
     "patchcore": "baselines.patchcore:PatchCore",
+    "pnpt": "baselines.pnpt:PNPT",
     "random": "baselines.random:RandomMethod",
+    "varad": "baselines.varad:VarAD",
 }
 
 

@@ -1,7 +1,8 @@
 """One training loop for "frozen encoder + trained head" methods (INP-Former, Dinomaly, ...).
 
 ``Recipe`` holds what the papers' and the M2AD code's recipes vary: optimiser (StableAdamW,
-Adam, AdamW), learning-rate schedule (linear warm-up + cosine, or a x0.1 step), gradient-norm
+Adam, AdamW), learning-rate schedule (linear warm-up + cosine, a x0.1 step, or an exponential
+decay per epoch), gradient-norm
 clipping, batch size, ``drop_last``, and the length in epochs or in iterations.  ``train_head``
 runs it: per iteration it sets the learning rate, draws the batch (a seeded permutation per
 epoch), computes the method's loss under bf16 autocast on CUDA (float32 on CPU), steps and
@@ -22,7 +23,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("stableadamw", "adam", "adamw")
-SCHEDULES = ("warm-cosine", "step", "constant")
+SCHEDULES = ("warm-cosine", "step", "exponential", "constant")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,11 @@ class Recipe:
     amsgrad: bool = False
     schedule: str = "warm-cosine"
     """``warm-cosine``: linear 0 -> ``lr`` over ``warmup_iters``, cosine to ``final_lr`` at the
-    last iteration; ``step``: ``lr``, x0.1 from epoch ``step_epoch`` on; ``constant``."""
+    last iteration; ``step``: ``lr``, x0.1 from epoch ``step_epoch`` on; ``exponential``:
+    ``lr * epoch_decay ** epoch`` (``torch.optim.lr_scheduler.ExponentialLR`` stepped per epoch);
+    ``constant``."""
+    epoch_decay: float = 0.95
+    """Factor per epoch of the ``exponential`` schedule."""
     final_lr: float = 0.0
     warmup_iters: int = 0
     step_epoch: int = 0
@@ -72,6 +77,8 @@ class Recipe:
             return warm_cosine_lr(iteration, self.lr, self.final_lr, total, self.warmup_iters)
         if self.schedule == "step":
             return self.lr * (0.1 if self.step_epoch and epoch >= self.step_epoch else 1.0)
+        if self.schedule == "exponential":
+            return self.lr * self.epoch_decay**epoch
         return self.lr
 
 

@@ -173,7 +173,7 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
         "",
         "## Counts",
         "",
-        "| category | split | images | anomalous | specimens |" + "".join(f" {name}=False |" for name in flags),
+        f"| category | split | {'clouds' if clouds else 'images'} | anomalous | specimens |" + "".join(f" {name}=False |" for name in flags),
         "|---|---|---:|---:|---:|" + "---:|" * len(flags),
     ]
     if manifest.height:

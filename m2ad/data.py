@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -33,7 +33,7 @@ from m2ad import modalities
 from m2ad.modalities.mask import COLUMNS as _MASK_COLUMNS
 from m2ad.schema import CORE_MANIFEST_COLUMNS, MANIFEST_FILE, MASK_RULES, DatasetInfo
 
-__all__ = ["LoadedBatch", "ShardReader", "iter_batches", "load_manifest", "read_images", "read_masks", "read_points"]
+__all__ = ["LoadedBatch", "ShardReader", "iter_batches", "load_manifest", "read_images", "read_masks", "read_modality", "read_points"]
 
 _LOCATION_COLUMNS = ("sample_id", "shard_dir", "shard_row", "width", "height")
 
@@ -69,6 +69,9 @@ class LoadedBatch:
     frame: pl.DataFrame
     points: list[np.ndarray] | None = None
     point_labels: list[np.ndarray] | None = None
+    modalities: dict[str, np.ndarray] = field(default_factory=dict)
+    """The arrays of the other modalities asked for (``iter_batches(modalities=...)``), e.g.
+    ``xyz``: float32 (B, 3, H, W)."""
 
     @property
     def ground_truth(self) -> np.ndarray | list[np.ndarray] | None:
@@ -151,6 +154,7 @@ class _PendingBatch:
     futures: list[Future[None]]
     points: list[np.ndarray] | None = None
     point_labels: list[np.ndarray] | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def wait(self) -> _PendingBatch:
         """Wait for every sample, re-raising the first decoding error."""
@@ -165,7 +169,13 @@ class _PendingBatch:
         if self.points is not None:
             return LoadedBatch(ids, None, None, self.frame, self.points, self.point_labels)
         assert self.images is not None
-        return LoadedBatch(ids, torch.from_numpy(self.images), self.masks, self.frame)
+        return LoadedBatch(ids, torch.from_numpy(self.images), self.masks, self.frame, modalities=self.extra)
+
+
+def _refuse_clouds(frame: pl.DataFrame, what: str, instead: str) -> None:
+    """One clear line when image data is asked of point-cloud samples."""
+    if "num_points" in frame.columns:
+        raise ValueError(f"these are point-cloud samples: they have no {what}; read {instead} instead")
 
 
 class ShardReader:
@@ -252,7 +262,8 @@ class ShardReader:
         point-cloud samples, per-point labels (point clouds have one rule, ``exact``)."""
         return self.point_labels(frame) if "num_points" in frame.columns else self.masks(frame, mask_rule)
 
-    def _submit(self, frame: pl.DataFrame, *, with_images: bool = True, mask_rule: str | None = None) -> _PendingBatch:
+    def _submit(self, frame: pl.DataFrame, *, with_images: bool = True, mask_rule: str | None = None,
+                extra_modalities: Sequence[str] = ()) -> _PendingBatch:
         """Start decoding the rows of ``frame`` (images, and masks under ``mask_rule`` unless it
         is None; point clouds and their labels for point-cloud samples) in the threads;
         ``wait()`` on the result for the arrays."""
@@ -280,19 +291,53 @@ class ShardReader:
                 raise ValueError(f"{sample_ids[index]}: cannot decode its {'mask' if images is None else 'image or mask'}: {error}") from error
 
         futures = [self._pool.submit(decode, index) for index in range(frame.height)]
-        return _PendingBatch(frame, images, masks, futures)
+        extra = {}
+        for name in extra_modalities:
+            extra[name], decoding = self._submit_modality(frame, name)
+            futures += decoding
+        return _PendingBatch(frame, images, masks, futures, extra=extra)
 
     def images(self, frame: pl.DataFrame) -> torch.Tensor:
         """The images of ``frame`` as one uint8 tensor (B, 3, H, W), in frame order."""
+        _refuse_clouds(frame, "images", "points(frame)")
         pending = self._submit(frame).wait()
         assert pending.images is not None
         return torch.from_numpy(pending.images)
+
+    def modality(self, frame: pl.DataFrame, name: str) -> np.ndarray:
+        """The arrays of modality ``name`` (e.g. ``xyz``: float32 (B, 3, H, W)) for the rows of
+        ``frame``, in frame order, decoded in the threads; a row without that file raises."""
+        out, futures = self._submit_modality(frame, name)
+        for future in futures:
+            future.result()
+        return out
+
+    def _submit_modality(self, frame: pl.DataFrame, name: str) -> tuple[np.ndarray, list[Future[None]]]:
+        """Start decoding modality ``name`` of the rows of ``frame`` into one array."""
+        modality = modalities.get(name)
+        height, width = _uniform_size(frame) if frame.height else (0, 0)
+        shape, dtype = modality.slot(height, width)
+        columns = list(modality.features)
+        out = np.zeros((frame.height, *shape), dtype=dtype)
+        encoded = self.encoded(frame, columns[0])
+        sample_ids = frame["sample_id"].to_list()
+
+        def decode(index: int) -> None:
+            if encoded[index] is None:
+                raise ValueError(f"{sample_ids[index]} has no {name}")
+            try:
+                modality.decode_into(encoded[index], out[index])
+            except Exception as error:
+                raise ValueError(f"{sample_ids[index]}: cannot decode its {name}: {error}") from error
+
+        return out, [self._pool.submit(decode, index) for index in range(frame.height)]
 
     def masks(self, frame: pl.DataFrame, mask_rule: str = "exact") -> np.ndarray:
         """The masks of ``frame`` under ``mask_rule`` as bool (B, H, W); all False where a
         sample has none.  A pixel is foreground where the mask's stored value is non-zero."""
         if mask_rule not in MASK_RULES:
             raise ValueError(f"unknown mask rule {mask_rule!r}; expected one of {MASK_RULES}")
+        _refuse_clouds(frame, "masks", "point_labels(frame)")
         pending = self._submit(frame, with_images=False, mask_rule=mask_rule).wait()
         assert pending.masks is not None
         return pending.masks
@@ -307,11 +352,13 @@ def iter_batches(
     mask_rule: str = "exact",
     threads: int | None = None,
     prefetch: int = 2,
+    extra_modalities: Sequence[str] = (),
 ) -> Iterator[LoadedBatch]:
     """Batches of the samples in ``frame`` (manifest rows), in frame order: ids, images
     (uint8 (B, 3, H, W)), masks under ``mask_rule`` if ``with_masks``, and the rows.  For
     point-cloud samples: ``points`` (a list of float32 (N_i, 3)) and, if ``with_masks``,
-    ``point_labels`` (a list of bool (N_i,)) instead of images and masks.
+    ``point_labels`` (a list of bool (N_i,)) instead of images and masks.  ``extra_modalities``
+    (e.g. ``("xyz",)``) are decoded too, into ``LoadedBatch.modalities``.
 
     The next ``prefetch`` batches are decoding while the caller works on the current one, so
     decoding overlaps the caller's work and the threads never wait at a batch boundary.
@@ -326,7 +373,8 @@ def iter_batches(
     with ShardReader(root, threads=threads) as reader:
         pending: deque[_PendingBatch] = deque()
         for start in range(0, frame.height, batch_size):
-            pending.append(reader._submit(frame.slice(start, batch_size), mask_rule=mask_rule if with_masks else None))
+            pending.append(reader._submit(frame.slice(start, batch_size), mask_rule=mask_rule if with_masks else None,
+                                          extra_modalities=extra_modalities))
             if len(pending) > prefetch:
                 yield pending.popleft().loaded()
         while pending:
@@ -353,3 +401,9 @@ def read_points(root: str | Path, frame: pl.DataFrame, *, with_labels: bool = Fa
         pending = reader._submit_points(frame, with_labels=with_labels).wait()
         assert pending.points is not None
         return pending.points, pending.point_labels
+
+
+def read_modality(root: str | Path, frame: pl.DataFrame, name: str, *, threads: int | None = None) -> np.ndarray:
+    """All arrays of modality ``name`` for ``frame`` (``ShardReader.modality``)."""
+    with ShardReader(root, threads=threads) as reader:
+        return reader.modality(frame, name)

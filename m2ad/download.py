@@ -24,8 +24,11 @@ dataset's files (MVTec AD's links rotate): its folder is then the mirror.
 
 Where the expected sha256 comes from (first that applies): the registry's pinned table (only
 at the pinned Hub revision, or for a mirror whose file is the pinned one), the Hub's LFS
-metadata (``X-Linked-Etag``), a mirror's ``SHA256SUMS``.  Nothing to check against: refused
-unless ``insecure_skip_verify``, and then recorded as unverified in the dataset card.
+metadata (``X-Linked-Etag``), a mirror's ``SHA256SUMS``.  Where none applies and the registry
+records the file's published md5 (MVTec 3D-AD publishes nothing else), the md5 is checked
+instead and the card records the file as verified by ``md5``, a weaker check.  Nothing to
+check against: refused unless ``insecure_skip_verify``, and then recorded as unverified in the
+dataset card.
 
 The Hub token (``huggingface_hub.get_token()``: ``HF_TOKEN`` or ``hf auth login``) is sent to
 the Hub only, never to a CDN it redirects to, and never appears in messages or records.
@@ -93,7 +96,7 @@ class FetchedFile:
     size: int
     sha256: str
     status: str  # "fetched", "resumed", "cached" or "local"
-    verified: str  # "pinned", "hub-lfs", "SHA256SUMS" or "unverified"
+    verified: str  # "pinned", "hub-lfs", "SHA256SUMS", "md5" or "unverified"
     bytes_transferred: int = 0
     attempts: int = 0
 
@@ -539,6 +542,33 @@ def _match(sha256: str, candidates: list[_Candidate]) -> str | None:
     return None
 
 
+def md5_file(path: Path) -> str:
+    """The md5 of a file (only to compare with a published md5, never as our own checksum)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verdict(spec: FileSpec, path: Path, sha256: str, candidates: list[_Candidate]) -> str | None:
+    """How a file is verified: the source of the sha256 candidate it matches; without
+    candidates, ``md5`` when it matches the registry's published md5, ``unverified`` when
+    there is none; ``None`` when a check fails."""
+    if candidates:
+        return _match(sha256, candidates)
+    if spec.md5:
+        return "md5" if md5_file(path) == spec.md5.lower() else None
+    return "unverified"
+
+
+def _expected(spec: FileSpec, candidates: list[_Candidate]) -> str:
+    """What a file should have hashed to, for messages."""
+    if candidates:
+        return " or ".join(f"sha256 {c.sha256} ({c.how})" for c in candidates)
+    return f"md5 {spec.md5} (published)"
+
+
 _ADD_SUMS = (
     f"Add a {SHA256SUMS} file (sha256sum format) next to the archives, or pass --insecure-skip-verify "
     "to accept it unverified (the dataset card will say so)."
@@ -561,16 +591,15 @@ def _not_the_pinned_file(candidates: list[_Candidate], mirror: bool) -> bool:
 def _check_local(spec: FileSpec, local: _Local, store: _VerifiedStore, insecure_skip_verify: bool) -> FetchedFile:
     """Verify a file on this machine in place (never copied, never deleted)."""
     candidates = local.candidates
-    if not candidates and not insecure_skip_verify:
+    if not candidates and not spec.md5 and not insecure_skip_verify:
         raise _unverifiable(spec.name)
     sha256 = store.known_sha256(local.path) or sha256_file(local.path)
-    how = _match(sha256, candidates)
-    soft = _not_the_pinned_file(candidates, mirror=True)
-    if how is None and candidates and not (soft and insecure_skip_verify):
+    how = _verdict(spec, local.path, sha256, candidates)
+    soft = bool(candidates) and _not_the_pinned_file(candidates, mirror=True)
+    if how is None and not (soft and insecure_skip_verify):
         raise DownloadError(
-            f"{local.path} has sha256 {sha256}, expected {' or '.join(c.sha256 for c in candidates)} "
-            f"({', '.join(c.how for c in candidates)}); the file is corrupt or a different version."
-            + (f" {_ADD_SUMS}" if soft else "")
+            f"{local.path} does not match: expected {_expected(spec, candidates)}, its sha256 is {sha256}; "
+            "the file is corrupt or a different version." + (f" {_ADD_SUMS}" if soft else "")
         )
     store.remember(local.path, sha256)
     return FetchedFile(spec.name, local.path, local.path.stat().st_size, sha256, "local", how or "unverified")
@@ -595,7 +624,7 @@ def fetch_file(
         return _check_local(spec, located, store, insecure_skip_verify)
 
     remote = located
-    if not remote.candidates and not insecure_skip_verify:
+    if not remote.candidates and not spec.md5 and not insecure_skip_verify:
         raise _unverifiable(spec.name)
     (folder / spec.name).parent.mkdir(parents=True, exist_ok=True)  # a name may hold a folder: realiad_1024/pcb.zip
     try:
@@ -621,8 +650,8 @@ def _fetch_remote(
     dest = folder / spec.name
     if dest.is_file():
         known = store.known_sha256(dest) or sha256_file(dest)
-        soft = insecure_skip_verify and _not_the_pinned_file(remote.candidates, remote.mirror)
-        how = _match(known, remote.candidates) or ("unverified" if not remote.candidates or soft else None)
+        soft = insecure_skip_verify and bool(remote.candidates) and _not_the_pinned_file(remote.candidates, remote.mirror)
+        how = _verdict(spec, dest, known, remote.candidates) or ("unverified" if soft else None)
         if how is not None:
             store.remember(dest, known)
             return FetchedFile(spec.name, dest, dest.stat().st_size, known, "cached", how)
@@ -643,21 +672,21 @@ def _fetch_remote(
             label=spec.name if attempt == 1 else f"{spec.name} (again)",
         )
         transferred += moved
-        how = _match(sha256, remote.candidates) if remote.candidates else "unverified"
+        how = _verdict(spec, dest, sha256, remote.candidates)
         if how is not None:
             store.remember(dest, sha256)
             status = "resumed" if resumed else "fetched"
             return FetchedFile(spec.name, dest, dest.stat().st_size, sha256, status, how, transferred, attempt)
-        if attempt == 2 and insecure_skip_verify and _not_the_pinned_file(remote.candidates, remote.mirror):
+        if attempt == 2 and insecure_skip_verify and remote.candidates and _not_the_pinned_file(remote.candidates, remote.mirror):
             store.remember(dest, sha256)
             return FetchedFile(spec.name, dest, dest.stat().st_size, sha256, "fetched", "unverified", transferred, attempt)
         dest.unlink()
-    expected = " or ".join(f"{c.sha256} ({c.how})" for c in remote.candidates)
     raise DownloadError(
-        f"{spec.name}: checksum mismatch twice (got {sha256}, expected {expected}); the download was deleted. "
+        f"{spec.name}: checksum mismatch twice (got sha256 {sha256}, expected {_expected(spec, remote.candidates)}); "
+        "the download was deleted. "
         + (
             f"The mirror's file may be another version than the pinned one. {_ADD_SUMS}"
-            if _not_the_pinned_file(remote.candidates, remote.mirror)
+            if remote.candidates and _not_the_pinned_file(remote.candidates, remote.mirror)
             else "The source may be corrupt: try again later or use another --source."
         )
     )
@@ -790,6 +819,8 @@ def download_dataset(
         raise DownloadError(str(error.args[0])) from None
     if not spec.files:
         raise DownloadError(f"{spec.name} has nothing to download: {getattr(spec.source, 'instructions', '')}")
+    if spec.modalities[0] == "points":
+        resolution = "original"  # point clouds are stored as released (m2ad.shard.shard_tree)
     check_resolution(spec, resolution, allow_upsample)
     by_lower = {category.lower(): category for category in spec.categories}
     wanted = list(spec.categories) if not categories else [by_lower.get(c.lower(), c) for c in categories]

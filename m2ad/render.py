@@ -628,12 +628,17 @@ missing (pushed in)."""
 @dataclass(frozen=True)
 class SurfaceCloud:
     """A sampled specimen surface: float32 points (N, 3), unit normals (N, 3) and uint8 labels
-    (N,) (1 = displaced by the defect), and the defect kind (``""`` for a normal specimen)."""
+    (N,) (1 = displaced by the defect), the defect kind (``""`` for a normal specimen), and the
+    specimen's variant and pose: object coordinates are ``(points / scale) @ rotation`` (up to
+    the noise)."""
 
     points: np.ndarray
     normals: np.ndarray
     labels: np.ndarray
     defect: str
+    variant: str
+    rotation: np.ndarray
+    scale: float
 
 
 def surface_cloud(shape: str, defect: str, index: int, seed: int, num_points: int) -> SurfaceCloud:
@@ -668,4 +673,4 @@ def surface_cloud(shape: str, defect: str, index: int, seed: int, num_points: in
     rotation = _rotation(rng.normal(size=3), float(rng.uniform(0, 2 * np.pi)))
     scale = float(rng.uniform(0.95, 1.05))
     points = (points @ rotation.T) * scale + rng.normal(scale=2e-3, size=points.shape)
-    return SurfaceCloud(points.astype(np.float32), (normals @ rotation.T).astype(np.float32), labels, defect)
+    return SurfaceCloud(points.astype(np.float32), (normals @ rotation.T).astype(np.float32), labels, defect, variant.name, rotation, scale)

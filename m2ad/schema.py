@@ -34,7 +34,8 @@ Core fields (every dataset)
 
 Then come the dataset's extra columns (e.g. M2AD's ``detectable``), and the columns of its
 modalities (``m2ad.modalities``: ``image``; ``mask`` and ``mask_official``, see
-:data:`MASK_RULES`).
+:data:`MASK_RULES`; or, for a point-cloud dataset, ``points`` and ``point_labels``, with
+``num_points`` in the manifest and ``width`` = ``height`` = 0).
 
 Format versions: 1 (m2ad 0.1 before datasets were specs) was always an M2AD-layout dataset
 and its ``dataset.json`` lacks the spec facts; :meth:`DatasetInfo.read` fills them from the M2AD

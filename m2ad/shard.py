@@ -685,6 +685,7 @@ def shard_tree(
     ``source_info`` (url, revision, checksums, verified, ...) goes to ``dataset.json`` and the
     card; ``allow_upsample`` accepts a resolution above the source images' size (still within
     the memory bound); ``variant`` picks a release variant (Real-IAD's resolution folder).
+    A point-cloud dataset (primary modality ``points``) is always stored at ``original``.
     Rerunning on the same ``out`` resumes.
     """
     started = time.perf_counter()
@@ -698,6 +699,8 @@ def shard_tree(
     if isinstance(tree, FolderSource) and out.is_relative_to(tree.root):
         raise ValueError(f"the output folder {out} is inside the source tree {tree.root}; choose a folder outside it")
     spec, name, marker = choose_dataset(tree, dataset)
+    if spec.modalities[0] == "points":
+        resolution = "original"  # point clouds are stored as released: a resolution resizes images only
     chosen_variant = spec.check_variant(variant)
     parsed: ParsedRelease = spec.layout.parse(tree, dataset_name=name, categories=categories, variant=chosen_variant or None)
     parsed.problems[:0] = getattr(tree, "problems", list)()

@@ -20,6 +20,8 @@ PROTOCOL_MODULES: dict[str, str] = {
     "standard": "protocols.standard",
     "realiad-sample": "protocols.realiad_sample",
     "real3d-ad": "protocols.real3d_ad",
+    "mvtec-3d": "protocols.mvtec_3d",
+    "eyecandies": "protocols.eyecandies",
 }
 """Registry name -> module holding its ``SPEC``."""
 

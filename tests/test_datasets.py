@@ -441,6 +441,43 @@ def _real_iad(kind: str, root: Path) -> str:
     raise KeyError(kind)
 
 
+def _mvtec_3d(kind: str, root: Path) -> str:
+    defect = sorted(path.name for path in (root / "bagel/test").iterdir() if path.name != "good")[0]
+    if kind == "unknown-file":
+        (root / "bagel/test/good/notes.txt").write_text("not a scan")
+        return "bagel/test/good/notes.txt"
+    if kind == "unknown-category":
+        shutil.copytree(root / "bagel", root / "bagels")
+        return "bagels"
+    if kind == "empty-category":
+        (root / "carrot").mkdir()
+        return "carrot"
+    removed = {"missing-image": f"bagel/test/{defect}/rgb/000.png", "missing-xyz": "bagel/train/good/xyz/000.tiff",
+               "missing-mask": f"bagel/test/{defect}/gt/000.png"}[kind]
+    (root / removed).unlink()
+    return removed
+
+
+def _eyecandies(kind: str, root: Path) -> str:
+    sample = "CandyCane/test_public/data/1_"
+    if kind == "unknown-file":
+        (root / "CandyCane/train/data/notes.txt").write_text("x")
+        return "CandyCane/train/data/notes.txt"
+    if kind == "unknown-category":
+        shutil.copytree(root / "CandyCane", root / "CandyCanes")
+        return "CandyCanes"
+    if kind == "empty-category":
+        (root / "Lollipop").mkdir()
+        return "Lollipop"
+    if kind == "bad-meta":
+        (root / f"{sample}metadata.yaml").write_text("anomalous: maybe\n")
+        return f"{sample}metadata.yaml"
+    removed = {"missing-image": "image_3.png", "missing-depth": "depth.png", "missing-normals": "normals.png",
+               "missing-meta": "metadata.yaml", "missing-mask": "mask.png"}[kind]
+    (root / f"{sample}{removed}").unlink()
+    return f"{sample}{removed}"
+
+
 SPECIFIC = {
     "m2ad": _m2ad,
     "mvtec-ad": lambda kind, root: _folder(kind, root, "bottle"),
@@ -448,6 +485,8 @@ SPECIFIC = {
     "visa": _visa,
     "real-iad": _real_iad,
     "real3d-ad": _real3d_ad,
+    "mvtec-3d": _mvtec_3d,
+    "eyecandies": _eyecandies,
 }
 KINDS = sorted((name, kind) for name in available() for kind in required_kinds(name))
 

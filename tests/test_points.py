@@ -7,6 +7,8 @@ runner (``random`` on points) and a leaderboard board."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from leaderboard.store import Store
 from leaderboard.submit import submit
 from m2ad import predictions
 from m2ad.cli import app
-from m2ad.data import iter_batches, load_manifest, read_points
+from m2ad.data import iter_batches, load_manifest, read_images, read_masks, read_points
 from m2ad.datasets import get
 from m2ad.pointcloud import PointCloudError, read_labelled_text, read_pcd
 from m2ad.run import RunConfig, run
@@ -100,8 +102,11 @@ CLOUDS = {
     # category -> release path under the category -> (points, labels or None); sizes differ
     "airplane": {"train/1_prototype.pcd": 40, "train/2_template.pcd": 33, "test/3_good.pcd": 25, "test/4_bulge.pcd": 31,
                  "test/5_sink.pcd": 28},
-    "duck": {"train/1_template.pcd": 19, "test/2_good.pcd": 22, "test/7_bulge.pcd": 15},
+    "duck": {"train/1_template.pcd": 19, "test/2_good.pcd": 22, "test/7_bulge.pcd": 15, "test/8_sink.pcd": 12},
 }
+EMPTY_GT = "duck/test/8_sink.pcd"
+"""A defective cloud whose GT file marks no point: object label 1 (the name), point labels all 0,
+as the official loader gives it."""
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +130,8 @@ def hand_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             if "good" not in stem and relative.startswith("test/"):
                 gt_points = np.round(rng.normal(size=(count + 3, 3)), 4)  # not the PCD's points: the GT file's
                 labels = np.zeros(count + 3, np.uint8)
-                labels[rng.choice(count + 3, size=1 if category == "duck" else 5, replace=False)] = 1  # duck: a one-point defect
+                if f"{category}/{relative}" != EMPTY_GT:
+                    labels[rng.choice(count + 3, size=1 if category == "duck" else 5, replace=False)] = 1  # duck: a one-point defect
                 (root / "Real3D-AD-PCD" / category / "gt").mkdir(exist_ok=True)
                 (root / "Real3D-AD-PCD" / category / "gt" / f"{stem}.txt").write_text(gt_text(gt_points, labels))
                 points = gt_points
@@ -152,7 +158,8 @@ def test_a_hand_written_tree_shards_with_the_right_point_counts_and_labels(hand_
     for row in manifest.iter_rows(named=True):
         points, labels = expected[row["sample_id"]]
         assert row["num_points"] == len(points) and (row["width"], row["height"]) == (0, 0)
-        assert row["label"] == row["object_label"] == int(labels.any())
+        assert row["label"] == row["object_label"] == int(row["split"] == "test" and "good" not in row["sample_id"])
+        assert labels.any() == (row["label"] == 1 and not row["sample_id"].endswith(EMPTY_GT))
         assert row["split"] == row["sample_id"].split("/")[2]
         assert row["defect_types"] == ([Path(row["sample_id"]).stem.split("_")[1]] if row["label"] else [])
     clouds, labels = read_points(hand_shards, manifest, with_labels=True)
@@ -161,6 +168,17 @@ def test_a_hand_written_tree_shards_with_the_right_point_counts_and_labels(hand_
         assert label.dtype == bool and np.array_equal(label, expected[sample_id][1]), sample_id
     card = (hand_shards / "README.md").read_text()
     assert "9_temp.pcd" in card and "## Point clouds" in card and "num_points" in card
+
+
+def test_units_are_cut_by_bytes_not_rows(hand_tree: tuple[Path, dict], tmp_path: Path) -> None:
+    out = tmp_path / "small"
+    shard_tree(hand_tree[0], out, workers=1, progress=False, max_shard_size=600)
+    files = sorted((out / "airplane" / "train").glob("data-*.arrow"))
+    assert len(files) == 2  # two clouds of 40 and 33 points (480 and 396 bytes of coordinates)
+    manifest = load_manifest(out)
+    clouds, labels = read_points(out, manifest, with_labels=True)
+    for sample_id, cloud, label in zip(manifest["sample_id"], clouds, labels):
+        assert np.array_equal(cloud, hand_tree[1][sample_id][0]) and np.array_equal(label, hand_tree[1][sample_id][1])
 
 
 def test_the_cards_recipe_reads_a_cloud(hand_tree: tuple[Path, dict], hand_shards: Path) -> None:
@@ -175,12 +193,16 @@ def test_the_cards_recipe_reads_a_cloud(hand_tree: tuple[Path, dict], hand_shard
 def test_batches_hand_methods_lists_of_clouds(hand_tree: tuple[Path, dict], hand_shards: Path) -> None:
     manifest = load_manifest(hand_shards)
     batches = list(iter_batches(hand_shards, manifest, batch_size=3, with_masks=True))
-    assert [len(batch) for batch in batches] == [3, 3, 2]
+    assert [len(batch) for batch in batches] == [3, 3, 3]
     for batch in batches:
         assert batch.images is None and batch.masks is None and batch.ground_truth is batch.point_labels
         for sample_id, cloud, labels in zip(batch.sample_ids, batch.points, batch.point_labels):
             assert np.array_equal(cloud, hand_tree[1][sample_id][0]) and np.array_equal(labels, hand_tree[1][sample_id][1])
     assert next(iter(iter_batches(hand_shards, manifest, batch_size=2))).point_labels is None
+    with pytest.raises(ValueError, match=r"point-cloud samples: they have no images; read points\(frame\) instead"):
+        read_images(hand_shards, manifest)
+    with pytest.raises(ValueError, match="they have no masks"):
+        read_masks(hand_shards, manifest)
     with pytest.raises(ValueError, match="needs images or points"):
         Batch(["a"], None, ["c"], [None], [None])
     with pytest.raises(ValueError, match=r"must be \(N, 3\) arrays"):
@@ -229,7 +251,7 @@ def sklearn_reference(manifest: pl.DataFrame, truth: dict[str, tuple[np.ndarray,
     category_of = dict(zip(manifest["sample_id"], manifest["category"]))
     label_of = dict(zip(manifest["sample_id"], manifest["label"]))
     out = {}
-    for category in sorted(set(category_of[sample_id] for sample_id in ids)):
+    for category in sorted({category_of[sample_id] for sample_id in ids}):
         rows = [index for index, sample_id in enumerate(ids) if category_of[sample_id] == category]
         labels = [label_of[ids[index]] for index in rows]
         scores = [object_scores[index] for index in rows]
@@ -274,7 +296,7 @@ def test_point_predictions_evaluate_to_sklearn(hand_tree: tuple[Path, dict], han
     for category, values in reference.items():
         for metric, value in values.items():
             assert streaming["categories"][category][metric] == pytest.approx(value, abs=1e-6), (category, metric)
-    assert result["counts"]["duck"] == {"clouds": 2, "objects": 2, "normal_objects": 1, "anomalous_objects": 1, "ignored_images": 0}
+    assert result["counts"]["duck"] == {"clouds": 3, "objects": 3, "normal_objects": 1, "anomalous_objects": 2, "ignored_images": 0}
 
 
 def test_constant_scores_and_a_category_without_point_defects(hand_tree: tuple[Path, dict], hand_shards: Path, tmp_path: Path) -> None:
@@ -290,7 +312,7 @@ def test_constant_scores_and_a_category_without_point_defects(hand_tree: tuple[P
         assert values["point_auroc"] == 0.5 and result["categories"][category]["point_auroc"] == pytest.approx(0.5)
         assert result["categories"][category]["point_ap"] == pytest.approx(values["point_ap"])
         assert result["categories"][category]["object_ap"] == pytest.approx(values["object_ap"])
-    # only the normal clouds of a category: one class, the metrics are undefined (null), never NaN
+    # a file with the normal clouds only is refused: every test cloud needs its scores
     normal_only = test.filter(pl.col("label") == 0)
     path = predictions.write(tmp_path / "n.parquet", normal_only["sample_id"].to_list(), np.zeros(normal_only.height),
                              [np.zeros(count, np.float32) for count in normal_only["num_points"]], map_kind="point")
@@ -386,9 +408,11 @@ def test_protocols_refuse_the_other_kind_of_data_in_one_line(hand_shards: Path, 
         evaluate("real3d-ad", hand_shards, path, progress=False, mode="compat")
 
 
-def test_random_runs_on_points_and_evaluate_agrees(hand_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["exact", "streaming"])
+def test_random_runs_on_points_and_evaluate_agrees(hand_shards: Path, tmp_path: Path, mode: str) -> None:
     out = tmp_path / "run"
-    result = run(RunConfig(protocol="real3d-ad", methods=("random",), data=hand_shards, out=out, executor="local"), progress=False)
+    result = run(RunConfig(protocol="real3d-ad", methods=("random",), data=hand_shards, out=out, executor="local", mode=mode),
+                 progress=False)
     assert result.ok and result.failed == []
     summary = json.loads((out / "summary.json").read_text())["methods"]["random"]
     [joined] = (out / "predictions").glob("random__seed*.parquet")
@@ -397,7 +421,7 @@ def test_random_runs_on_points_and_evaluate_agrees(hand_shards: Path, tmp_path: 
     counts = dict(zip(load_manifest(hand_shards)["sample_id"], load_manifest(hand_shards)["num_points"]))
     for batch in handle.iter_batches():
         assert all(values.shape == (counts[sample_id],) for sample_id, values in zip(batch.sample_ids, batch.maps))
-    again = evaluate("real3d-ad", hand_shards, joined, progress=False)
+    again = evaluate("real3d-ad", hand_shards, joined, progress=False, mode=mode)
     for metric, value in summary["mean"].items():
         assert again["mean"][metric] == pytest.approx(value, abs=1e-12), metric
     cli = runner.invoke(app, ["evaluate", "--protocol", "real3d-ad", "--data", str(hand_shards), "--predictions", str(joined)])
@@ -435,7 +459,8 @@ def test_a_real3d_board_ranks_submissions(hand_shards: Path, tmp_path: Path) -> 
     site = tmp_path / "site"
     rendered = runner.invoke(app, ["leaderboard", "render", str(site), "--store", str(tmp_path / "board")])
     assert rendered.exit_code == 0, rendered.output
-    assert "Point-AUROC" in (site / "index.html").read_text()
+    page = (site / "index.html").read_text()
+    assert '<th scope="col">point_auroc</th>' in page and '<th scope="col">object_ap</th>' in page and "Worse" in page
 
 
 def test_synth_writes_a_real3d_tree_that_runs_end_to_end(tmp_path: Path) -> None:
@@ -448,9 +473,127 @@ def test_synth_writes_a_real3d_tree_that_runs_end_to_end(tmp_path: Path) -> None
     assert info.dataset == "real3d-ad-synth" and info.spec == "real3d-ad"
     manifest = load_manifest(tmp_path / "shards")
     assert manifest["num_points"].n_unique() > 1  # ragged clouds
+    shown = runner.invoke(app, ["info", str(tmp_path / "shards")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "clouds" in shown.output, shown.output
+    per_unit = manifest.group_by(["category", "split"]).agg(pl.col("num_points").sum())
+    assert all(f"{total:,}" in shown.output for total in per_unit["num_points"])
     ran = runner.invoke(app, ["run", "--protocol", "real3d-ad", "--method", "random", "--data", str(tmp_path / "shards"),
                               "--out", str(tmp_path / "run"), "--executor", "local", "--no-progress"])
     assert ran.exit_code == 0, ran.output
     [joined] = (tmp_path / "run" / "predictions").glob("*.parquet")
     scored = runner.invoke(app, ["evaluate", "--protocol", "real3d-ad", "--data", str(tmp_path / "shards"), "--predictions", str(joined)])
     assert scored.exit_code == 0 and "point_auroc" in scored.output, scored.output
+
+
+def test_the_manual_download_takes_the_zip_by_hand(tmp_path: Path) -> None:
+    """What the card says: `m2ad download real3d-ad --out OUT --source PATH/real3d-ad-pcd.zip
+    --insecure-skip-verify` (no checksum is published); without a source, one line says where
+    to get it.  A point-cloud dataset is stored at `original`, whatever --resolution."""
+    spec = get("real3d-ad")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    spec.fixture.write(tree, categories=("shell",), normal_specimens=2, ng_specimens=1, resolution=16, seed=0, workers=1, progress=False)
+    [archive] = spec.fixture.pack(tree, tmp_path / "release")
+    common = ["download", "real3d-ad", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "-c", "shell"]
+    refused = runner.invoke(app, common)
+    assert refused.exit_code != 0 and "cannot be downloaded automatically" in " ".join(refused.output.split())
+    refused = runner.invoke(app, [*common, "--source", str(archive)])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    fetched = runner.invoke(app, [*common, "--source", str(archive), "--insecure-skip-verify", "--workers", "1"])
+    assert fetched.exit_code == 0, fetched.output
+    info = DatasetInfo.read(tmp_path / "out")
+    assert info.resolution == "original" and load_manifest(tmp_path / "out").height == 3
+    assert "unverified" in (tmp_path / "out" / "README.md").read_text()
+
+
+class NearestTrainingPoint:
+    """A toy fitted point method: per-point distance to the nearest training point (the
+    centred clouds, as the official loader centres them); checks what fit and predict get."""
+
+    name = "nearest-training-point"
+    card = baselines.base.MethodCard(inputs=("points",), outputs=("point_map",))
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config: object = None) -> None:
+        self.config = config
+        self.memory = np.zeros((0, 3), np.float32)
+        self.seen: list[str] = []
+
+    def fit(self, train: Iterable[Batch], setting: object = None) -> None:
+        for batch in train:
+            assert batch.images is None and all(cloud.shape[1] == 3 for cloud in batch.points)
+            self.seen += batch.sample_ids
+            self.memory = np.concatenate([self.memory, *(cloud - cloud.mean(axis=0) for cloud in batch.points)])
+
+    def predict(self, batch: Batch) -> tuple[np.ndarray, list[np.ndarray]]:
+        maps = [np.sqrt((((cloud - cloud.mean(axis=0))[:, None] - self.memory[None]) ** 2).sum(-1).min(1)) for cloud in batch.points]
+        return np.array([values.max() for values in maps]), maps
+
+    def state_dict(self) -> dict:
+        import torch
+
+        return {"memory": torch.from_numpy(self.memory)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory = state["memory"].numpy()
+
+
+def test_a_fitted_point_method_trains_on_clouds_and_is_reloaded(hand_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "NearestTrainingPoint", NearestTrainingPoint)
+    monkeypatch.setitem(baselines._REGISTRY, "nearest-training-point", f"{__name__}:NearestTrainingPoint")
+    out = tmp_path / "run"
+    result = run(RunConfig(protocol="real3d-ad", methods=("nearest-training-point",), data=hand_shards, out=out, executor="local"),
+                 progress=False)
+    assert result.ok and result.failed == [], result
+    manifest = load_manifest(hand_shards)
+    [joined] = (out / "predictions").glob("*.parquet")
+    rows = {sample_id: values for batch in predictions.read(joined).iter_batches() for sample_id, values in zip(batch.sample_ids, batch.maps)}
+    clouds = dict(zip(manifest["sample_id"], read_points(hand_shards, manifest)[0]))
+    for category in CLOUDS:  # the reloaded fit predicts what a fresh one fitted on the category's training clouds does
+        reference = NearestTrainingPoint()
+        train = manifest.filter((pl.col("category") == category) & (pl.col("split") == "train"))
+        reference.fit([Batch(train["sample_id"].to_list(), None, train["category"].to_list(), [None] * train.height, [None] * train.height,
+                             points=[clouds[i] for i in train["sample_id"]])])
+        test_ids = manifest.filter((pl.col("category") == category) & (pl.col("split") == "test"))["sample_id"].to_list()
+        _, expected = reference.predict(Batch(test_ids, None, [category] * len(test_ids), [None] * len(test_ids), [None] * len(test_ids),
+                                              points=[clouds[i] for i in test_ids]))
+        for sample_id, values in zip(test_ids, expected):
+            assert np.allclose(rows[sample_id], values.astype(np.float16), rtol=1e-3), sample_id
+    # a saved fit scores data again (`m2ad predict`): a point file, the same per-point scores
+    from m2ad.run.cell import predict_with_fit
+
+    fit_dir = next((out / "fits").glob("nearest-training-point__duck__seed*"))
+    predict_with_fit(fit_dir, hand_shards, tmp_path / "again.parquet")
+    again = predictions.read(tmp_path / "again.parquet")
+    assert again.map_kind == "point"
+    for batch in again.iter_batches():
+        for sample_id, values in zip(batch.sample_ids, batch.maps):
+            assert np.array_equal(values, rows[sample_id]), sample_id
+
+
+def test_surface_clouds_have_labelled_bulges_and_sinks() -> None:
+    """The fixture's clouds: points on the solid's surface, a defect displacing a labelled patch
+    along the normals (outwards for a bulge, inwards for a sink), reproducible per seed."""
+    from m2ad.render import _variants, surface_cloud
+
+    normal = surface_cloud("Cube", "", 0, 7, 500)
+    assert normal.points.shape == (500, 3) and normal.points.dtype == np.float32 and not normal.labels.any()
+    again = surface_cloud("Cube", "", 0, 7, 500)
+    assert np.array_equal(normal.points, again.points) and not np.array_equal(normal.points, surface_cloud("Cube", "", 1, 7, 500).points)
+    for defect, sign in (("bulge", 1), ("sink", -1)):
+        cloud = surface_cloud("Ring", defect, 3, 7, 2000)
+        assert cloud.defect == defect and 0 < cloud.labels.sum() < 2000 * 0.2
+        # undo the pose: the labelled points leave the solid's surface on the defect's side
+        # (the SDF's sign), the others stay on it (up to the 2e-3 noise)
+        sdf = next(variant.sdf for variant in _variants("Ring") if variant.name == cloud.variant)
+        depth = sdf(((cloud.points / cloud.scale) @ cloud.rotation).astype(np.float64))
+        inside = cloud.labels == 1
+        assert np.abs(depth[~inside]).max() < 0.02
+        assert np.median(sign * depth[inside]) > 0.02 and (sign * depth[inside] > -0.01).all()
+    with pytest.raises(ValueError, match="unknown point-cloud defect"):
+        surface_cloud("Cube", "scratch", 0, 0, 10)

@@ -98,7 +98,7 @@ def feed(evaluator: protocols.Evaluator, test: pl.DataFrame, scores: dict[str, f
 
 
 def test_registry() -> None:
-    assert protocols.available() == ["invariant", "real3d-ad", "realiad-sample", "standard", "synergy"]
+    assert protocols.available() == ["eyecandies", "invariant", "mvtec-3d", "real3d-ad", "realiad-sample", "standard", "synergy"]
     assert protocols.get("real3d-ad").metric_names == ("object_auroc", "object_ap", "point_auroc", "point_ap")
     assert protocols.get("invariant").metric_names == (
         "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")

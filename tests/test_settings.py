@@ -232,6 +232,7 @@ def test_impossible_combinations_are_refused_before_anything_starts(
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "btf": {"image_size": 56, "feature_grid": 14, "voxel_size": 0.02, "plane_iterations": 20},
     "btf-rgb": {"image_size": 56, "feature_grid": 14, "voxel_size": 0.02, "plane_iterations": 20, "backbone": "efficientnet_lite0"},
+    "cdo": {"backbone": "hrnet_tiny", "expert_weights": "random", "input_size": 56, "epochs": 1, "batch_size": 4, "device": "cpu"},
     "dinomaly": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "iterations": 2, "batch_size": 4,
                  "warmup_iters": 0, "map_size": 56, "device": "cpu"},
     "gaussian": {},
@@ -240,8 +241,14 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
                   "warmup_iters": 0, "map_size": 56, "device": "cpu"},
     "inpformer-pp": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "epochs": 1, "batch_size": 4,
                      "warmup_iters": 0, "map_size": 56, "device": "cpu", "seg_channels": (8, 4)},
+    "msflow": {"backbone": "efficientnet_lite0", "backbone_weights": "random", "input_size": 56, "depths": (1, 1, 1), "cond_channels": 8,
+               "epochs": 1, "batch_size": 4, "device": "cpu"},
     "patchcore": {"backbone": "efficientnet_lite0"},
+    "pnpt": {"backbone": "dinov2_tiny", "backbone_weights": "random", "image_size": 56, "dim": 16, "heads": 2, "encoder_depth": 1,
+             "decoder_depth": 1, "prompts_per_class": 3, "epochs": 1, "batch_size": 4, "device": "cpu"},
     "random": {},
+    "varad": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "epochs": 1, "batch_size": 4, "warmup_iters": 0, "depth": 1,
+              "d_state": 4, "device": "cpu"},
 }
 
 

@@ -11,7 +11,8 @@ layers it reads:
   sequence (B, 1 + registers + h*w, C), [CLS, registers, patches], without the final norm;
   blocks after the last requested one are not run.
 * CNNs: ``layers`` are stage names (``layer1`` .. ``layer4`` for WRN-50-2, ``stride4``,
-  ``stride8``, ``stride16`` for EfficientNet-Lite0); each output is a map (B, C, h, w).
+  ``stride8``, ``stride16`` for EfficientNet-Lite0, ``stride4`` .. ``stride32`` for HRNet);
+  each output is a map (B, C, h, w).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from baselines import weights as weights_registry
-from baselines.backbones import efficientnet_lite, wide_resnet
+from baselines.backbones import efficientnet_lite, hrnet, wide_resnet
 from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, ViTConfig, infer_vit_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,6 +70,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("wide_resnet50_2", wide_resnet.WideResNet50, "wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, 1, 224),
         BackboneSpec("efficientnet_lite0", efficientnet_lite.EfficientNetLite0, "efficientnet_lite0", efficientnet_lite.MEAN,
                      efficientnet_lite.STD, 1, 224),
+        *(BackboneSpec(name, lambda config=config: hrnet.HRNet(config), None, IMAGENET_MEAN, IMAGENET_STD, 1, 224)
+          for name, config in hrnet.HRNET_PRESETS.items()),
     )
 }
 
@@ -95,7 +98,7 @@ def load_backbone(name: str, weights: str = "auto") -> nn.Module:
     else:
         if weights == "auto":
             if entry.weights is None:
-                raise ValueError(f"backbone {name!r} has no released weights; use weights=random")
+                raise ValueError(f"backbone {name!r} has no released weights registered; pass a checkpoint file as weights=<path>, or use weights=random")
             weights = entry.weights
         state = _read_state(weights)
         if entry.vit is not None:
@@ -108,6 +111,8 @@ def load_backbone(name: str, weights: str = "auto") -> nn.Module:
             model = DinoVisionTransformer(found)
         else:
             model = entry.build()
+            if isinstance(model, hrnet.HRNet):
+                state = hrnet.backbone_state(state)
         model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
 
@@ -148,7 +153,7 @@ def tap(backbone: nn.Module, images: torch.Tensor, layers: Sequence[int] | Seque
     (see the module docstring for what a layer is)."""
     if isinstance(backbone, DinoVisionTransformer):
         outputs = dict(zip(sorted(set(layers)), backbone.intermediate_layers(images, sorted(set(layers))), strict=True))
-    elif isinstance(backbone, (wide_resnet.WideResNet50, efficientnet_lite.EfficientNetLite0)):
+    elif isinstance(backbone, (wide_resnet.WideResNet50, efficientnet_lite.EfficientNetLite0, hrnet.HRNet)):
         outputs = backbone.features(images, tuple(layers))
     else:
         raise TypeError(f"tap does not know {type(backbone).__name__}")

@@ -131,7 +131,7 @@ def _command(arguments: dict[str, Any]) -> str:
 
 
 def evaluate(
-    protocol: Annotated[str, typer.Option(help="Protocol: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
+    protocol: Annotated[str, typer.Option(help="Protocol: invariant, synergy (M2AD), realiad-sample (Real-IAD), real3d-ad, mvtec-3d, eyecandies or standard (docs/protocols.md).")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
     predictions_file: PredictionsArgument = None,
     predictions: PredictionsOption = None,

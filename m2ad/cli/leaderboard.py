@@ -74,7 +74,7 @@ def _seed_if_new(board: Store) -> None:
 
 
 def submit(
-    protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
+    protocol: Annotated[str, typer.Option(help="Protocol to evaluate under: invariant, synergy (M2AD), realiad-sample (Real-IAD), real3d-ad, mvtec-3d, eyecandies or standard (docs/protocols.md).")],
     method: Annotated[str, typer.Option(help="Method name shown on the leaderboard.")],
     data: Annotated[Path, typer.Option(help="Sharded dataset folder (from `m2ad shard` or `m2ad download`).")],
     predictions_file: PredictionsArgument = None,

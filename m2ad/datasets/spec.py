@@ -38,11 +38,14 @@ class FileSpec:
     ``categories`` lists the categories whose samples the file holds; ``None`` means every
     category needs it (M2AD's ``jsons.zip``, MVTec-AD's single tar).  ``url`` is where a
     :class:`UrlSource` fetches it.  ``variant`` is the release variant the file belongs to
-    (Real-IAD's resolution folders); ``None``: every variant needs it.
+    (Real-IAD's resolution folders); ``None``: every variant needs it.  ``md5``: the only
+    checksum published for a file that has no known sha256 (MVTec 3D-AD); a weaker check
+    that the downloader applies and records as ``md5`` when nothing gives a sha256.
     """
 
     name: str
     sha256: str | None = None
+    md5: str | None = None
     size: int | None = None
     categories: tuple[str, ...] | None = None
     url: str | None = None

@@ -20,6 +20,9 @@ MODALITY_MODULES: dict[str, str] = {
     "image": "m2ad.modalities.image",
     "mask": "m2ad.modalities.mask",
     "points": "m2ad.modalities.points",
+    "xyz": "m2ad.modalities.xyz",
+    "depth": "m2ad.modalities.depth",
+    "normals": "m2ad.modalities.normals",
 }
 """Modality name -> module holding its ``MODALITY``."""
 PRIMARY_MODALITIES = ("image", "points")

@@ -91,7 +91,7 @@ def execute_fit(spec: FitSpec, report: Report | None = None) -> dict[str, Any]:
              f"host {socket.gethostname()}, gpus {_ray_gpu_ids()}")
         method = spec.method_class(spec.method_class.Config(**spec.method_config))
         train = TrainBatches(spec.train_data, selection.frame, spec.batch_size, spec.threads, report, spec.class_names,
-                             spec.method_class.card.input_unit)
+                             spec.method_class.card.input_unit, extra_modalities(spec.method_class.card, spec.train_data))
         method.fit(train, spec.setting)
         save_state(method.state_dict(), spec.unit_dir / STATE_FILE, {"method": spec.method, "fit_hash": spec.fit_hash})
         fit_seconds = time.perf_counter() - started
@@ -196,7 +196,8 @@ def execute_cell(spec: CellSpec, report: Report | None = None) -> dict[str, Any]
         with PredictionsWriter(predictions_path, map_dtype=spec.map_dtype, metadata=predictions_metadata(cell_identity(spec)),
                                map_kind=protocol.map_kind) as writer:
             loaded = m2ad_data.iter_batches(spec.data, test, batch_size=spec.batch_size, with_masks=evaluator is not None,
-                                            mask_rule=spec.mask_rule, threads=spec.threads)
+                                            mask_rule=spec.mask_rule, threads=spec.threads,
+                                            extra_modalities=extra_modalities(spec.method_class.card, spec.data))
             for batch, masks in method_batches(loaded, names, spec.method_class.card.input_unit):
                 scores, maps = checked_predictions(spec.method, batch, *method.predict(batch), spec.map_dtype)
                 writer.write_batch(batch.sample_ids, scores, maps)
@@ -348,7 +349,7 @@ def predict_with_fit(
     done = 0
     map_kind = "point" if "points" in info.modalities else "pixel"
     with PredictionsWriter(out, map_dtype=map_dtype, metadata=metadata, map_kind=map_kind) as writer:
-        loaded = m2ad_data.iter_batches(data, frame, batch_size=batch_size)
+        loaded = m2ad_data.iter_batches(data, frame, batch_size=batch_size, extra_modalities=extra_modalities(type(method).card, data))
         for batch, _ in method_batches(loaded, names, type(method).card.input_unit):
             scores, maps = checked_predictions(fit["method"], batch, *method.predict(batch), map_dtype)
             writer.write_batch(batch.sample_ids, scores, maps)
@@ -366,19 +367,28 @@ class TrainBatches:
     counts its passes and reports the images of the current one."""
 
     def __init__(self, root: Path, frame: pl.DataFrame, batch_size: int, threads: int | None, report: Report,
-                 class_names: dict[str, str], input_unit: str) -> None:
+                 class_names: dict[str, str], input_unit: str, modalities: tuple[str, ...] = ()) -> None:
         self.root, self.frame, self.batch_size, self.threads, self.report = root, frame, batch_size, threads, report
-        self.class_names, self.input_unit = class_names, input_unit
+        self.class_names, self.input_unit, self.modalities = class_names, input_unit, modalities
         self.passes = 0
 
     def __iter__(self) -> Iterator[Batch]:
         self.passes += 1
         done = 0
-        loaded = m2ad_data.iter_batches(self.root, self.frame, batch_size=self.batch_size, threads=self.threads)
+        loaded = m2ad_data.iter_batches(self.root, self.frame, batch_size=self.batch_size, threads=self.threads,
+                                        extra_modalities=self.modalities)
         for batch, _ in method_batches(loaded, self.class_names, self.input_unit):
             yield batch
             done += len(batch)
             self.report(f"fit, pass {self.passes}", done, self.frame.height)
+
+
+def extra_modalities(card: Any, data: Path) -> tuple[str, ...]:
+    """The modalities besides the primary one and the masks that a method's card reads (the
+    parts of its ``inputs``, e.g. ``xyz`` of ``image+xyz``) and the data at ``data`` has: what
+    the runner decodes into ``Batch.modalities``."""
+    wanted = {part for inputs in card.inputs for part in inputs.split("+")}
+    return tuple(name for name in DatasetInfo.read(data).modalities if name in wanted and name not in ("image", "points", "mask"))
 
 
 def method_batches(loaded: Iterable[m2ad_data.LoadedBatch], class_names: dict[str, str], input_unit: str
@@ -424,6 +434,7 @@ def _method_batch(data_batch: m2ad_data.LoadedBatch, class_names: dict[str, str]
         class_names=[class_names.get(category, category) for category in categories],
         specimens=data_batch.frame["specimen"].to_list(),
         points=data_batch.points,
+        modalities={name: torch.from_numpy(array) for name, array in data_batch.modalities.items()},
     )
 
 

@@ -47,8 +47,8 @@ SPEC = DatasetSpec(
     files=(FileSpec(fixture.ARCHIVE),),
     source=ManualSource(
         "Download real3d-ad-pcd.zip by hand from the links in the README of https://github.com/M-3LAB/Real3D-AD "
-        "(Google Drive, or Baidu Disk with code vrmi), then run `m2ad download real3d-ad OUT --source "
-        "PATH/real3d-ad-pcd.zip --allow-unverified` (no checksum is published) or extract it and `m2ad shard`."
+        "(Google Drive, or Baidu Disk with code vrmi), then run `m2ad download real3d-ad --out OUT --source "
+        "PATH/real3d-ad-pcd.zip --insecure-skip-verify` (no checksum is published) or extract it and `m2ad shard`."
     ),
     layout=Real3DLayout(categories=CATEGORIES),
     fixture=Fixture(fixture.write, tuple(fixture.SHAPES), fixture.DEFAULT_CATEGORIES, fixture.pack),
