@@ -75,6 +75,7 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
     units = [tuple(key) for key in manifest.select("category", "split").unique(maintain_order=True).iter_rows()]
     example = info.categories[0] if info.categories else "<category>"
     clouds = "points" in info.modalities
+    unit = "cloud" if clouds else "image"
     if clouds:
         resolution = "points as released (point clouds are never resampled)"
     elif info.resolution == "original":
@@ -113,7 +114,7 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
         "```",
         "",
         "`load_dataset` copies the data into its cache (twice the disk); streaming and `load_from_disk` do not.",
-        "A torch `DataLoader`:",
+        "One point cloud as NumPy arrays:" if clouds else "A torch `DataLoader`:",
         "",
         "```python",
         (POINTS_RECIPE if clouds else LOADER_RECIPE).format(root="<this folder>", category=example),
@@ -127,7 +128,7 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
         "",
         "## Fields",
         "",
-        f"Axes: {', '.join(f'`{axis}`' for axis in info.axes) or 'none (one image per specimen)'}. "
+        f"Axes: {', '.join(f'`{axis}`' for axis in info.axes) or f'none (one {unit} per specimen)'}. "
         f"Modalities: {', '.join(f'`{name}`' for name in info.modalities)}.",
     ]
     lines += [f"- `{name}`: {column.description}" for name, column in spec.extra_columns.items()]
@@ -159,7 +160,7 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
     lines += [
         "## Evaluation geometry",
         "",
-        f"Resolutions resize with the **{info.geometry}** rule. {spec.geometry_note}",
+        spec.geometry_note if clouds else f"Resolutions resize with the **{info.geometry}** rule. {spec.geometry_note}",
         "",
         "## Class names (text prompts)",
         "",

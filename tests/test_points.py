@@ -167,7 +167,8 @@ def test_a_hand_written_tree_shards_with_the_right_point_counts_and_labels(hand_
         assert cloud.dtype == np.float32 and np.array_equal(cloud, expected[sample_id][0]), sample_id
         assert label.dtype == bool and np.array_equal(label, expected[sample_id][1]), sample_id
     card = (hand_shards / "README.md").read_text()
-    assert "9_temp.pcd" in card and "## Point clouds" in card and "num_points" in card
+    assert "9_temp.pcd" in card and "## Point clouds" in card and "num_points" in card and "one cloud per specimen" in card
+    assert "| airplane | test | 3 | 2 | 3 |" in card  # clouds, anomalous, specimens (9_temp skipped)
 
 
 def test_units_are_cut_by_bytes_not_rows(hand_tree: tuple[Path, dict], tmp_path: Path) -> None:

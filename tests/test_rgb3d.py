@@ -594,3 +594,20 @@ def test_the_runner_hands_xyz_to_a_method_that_reads_it(mvtec_3d: tuple, tmp_pat
             if f"/{category}/" in sample_id:
                 expected = np.abs(clouds["mvtec_3d_anomaly_detection/" + sample_id.split("/", 1)[1]][..., 2]) - level
                 np.testing.assert_allclose(anomaly_map, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_the_fixture_surface_has_a_measured_table_no_data_beyond_range_and_consistent_depth() -> None:
+    from m2ad.datasets.surface import MAX_RANGE, MILLIMETRES_PER_UNIT, TABLE_HEIGHT, render_surface
+    from m2ad.render import _camera_frame
+
+    surface = render_surface("Tube", True, 1, 5, 48, 40, [0, 3])
+    measured = (surface.xyz != 0).any(axis=-1)
+    assert len(surface.images) == 2 and surface.mask is not None and surface.mask.any()
+    assert measured[-1].all() and measured[:, 0].any() and not measured[0].all()  # the near table is measured, the far end is not
+    table = measured & ~(surface.mask | (np.abs(surface.xyz[..., 2] - TABLE_HEIGHT * MILLIMETRES_PER_UNIT) > 1e-3))
+    assert table[-1].all()  # the bottom row sees the table plane
+    camera = _camera_frame(30.0)[0]
+    along = np.linalg.norm(surface.xyz[table] / MILLIMETRES_PER_UNIT - camera, axis=-1)
+    np.testing.assert_allclose(surface.depth[table], along, rtol=1e-5)
+    assert surface.depth[~measured].min() > MAX_RANGE
+    np.testing.assert_allclose(np.linalg.norm(surface.normals, axis=-1), 1.0, rtol=1e-5)

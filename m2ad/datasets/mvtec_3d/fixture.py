@@ -2,7 +2,8 @@
 
 Each scan is one rendered pose of a specimen under one light (:mod:`m2ad.datasets.surface`):
 ``<category>/<split>/<defect>/rgb/NNN.png`` (RGB), ``xyz/NNN.tiff`` (float32 H x W x 3, the
-surface points in millimetres, zeros where the ray misses the object; a defect dents the
+surface points in millimetres: the object, and around it the table plane a background-plane
+removal can fit, zeros where the table lies out of the scanner's range; a defect dents the
 surface) and, in ``test``, ``gt/NNN.png`` (mode L, 0/255; all zeros for ``test/good``), with
 ``calibration/camera_parameters.json`` per category and ``license.txt`` / ``readme.txt`` at the
 root.  Of the normal specimens 60 % train, one more (when at least two remain) is

@@ -6,9 +6,10 @@ Real3D-AD's files).  Names follow the release: ``<category>/train/<i>_template.p
 normal training clouds, ``<category>/test/<i>_good.pcd`` for the normal test clouds and
 ``<category>/test/<i>_<bulge|sink>.pcd`` for the anomalous ones (alternating), each with its
 ``<category>/gt/<i>_<bulge|sink>.txt`` of ``x y z label`` lines (the same points, labelled).
-Half the normal specimens train (at least one), the rest are ``test/good``.  ``resolution`` is
-the number of points per cloud divided by 4 (at least 64 points), so the common fixture options
-give small clouds.
+Half the normal specimens train (at least one), the rest are ``test/good``.  ``resolution`` sets
+the cloud size, :func:`points_per_cloud` = 4 x resolution (at least 64) points, plus a few per
+specimen index so that the clouds are ragged, as Real3D-AD's are.  Defects displace the points
+within a random radius (0.12 to 0.22 of a unit-sized solid) by 0.06 to 0.1 along their normals.
 """
 
 from __future__ import annotations
