@@ -46,7 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
 from baselines.backbones import registry
@@ -113,6 +114,11 @@ class BTFConfig:
     plane_iterations: int = 1000
     plane_sample: int = 50
     """xyz: points per RANSAC hypothesis (Open3D's ``ransac_n`` in 3D-ADS)."""
+    keep_largest_cluster: bool = True
+    """xyz: after the resize, keep only the largest DBSCAN group of the points (3D-ADS's
+    ``connected_components_cleaning``; noise counts as a group, as there)."""
+    cluster_eps: float = 0.006
+    cluster_min_points: int = 30
     blur: str = "pil"
     """xyz: map smoothing: ``pil`` as 3D-ADS (the map divided by its maximum, truncated to 8 bits,
     PIL GaussianBlur of radius ``blur_sigma``, scaled back), ``gaussian`` (float, scipy sigma
@@ -136,10 +142,10 @@ class BTFConfig:
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be at least 2, got {getattr(self, name)}")
         for name in ("train_stride", "test_stride", "reweight_neighbors", "image_size", "feature_grid", "plane_iterations",
-                     "plane_sample", "query_chunk", "bank_chunk"):
+                     "plane_sample", "query_chunk", "bank_chunk", "cluster_min_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("normal_radius_factor", "feature_radius_factor", "plane_distance", "plane_inlier_distance"):
+        for name in ("normal_radius_factor", "feature_radius_factor", "plane_distance", "plane_inlier_distance", "cluster_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.plane_border < 1 or self.blur_sigma < 0 or self.neighbour_weight_power < 0:
@@ -209,6 +215,28 @@ def remove_background_plane(xyz: np.ndarray, config: BTFConfig, rng: np.random.G
     return cleaned
 
 
+def largest_cluster(points: np.ndarray, eps: float, min_points: int) -> np.ndarray:
+    """Mask (N,) of the largest DBSCAN group of ``points``: core points have ``min_points``
+    within ``eps`` (themselves included), clusters are the connected core points, a border point
+    joins a neighbouring core point's cluster, the rest is noise, itself one group (3D-ADS keeps
+    the most numerous label of Open3D's ``cluster_dbscan``, noise included)."""
+    count = len(points)
+    if count == 0:
+        return np.zeros(0, dtype=bool)
+    pairs = cKDTree(points).query_pairs(eps, output_type="ndarray")
+    core = np.bincount(pairs.ravel(), minlength=count) + 1 >= min_points
+    linked = pairs[core[pairs[:, 0]] & core[pairs[:, 1]]]
+    graph = sparse.coo_matrix((np.ones(len(linked)), (linked[:, 0], linked[:, 1])), shape=(count, count))
+    labels = csgraph.connected_components(graph, directed=False)[1]
+    labels[~core] = -1
+    border = pairs[core[pairs[:, 0]] ^ core[pairs[:, 1]]]
+    member, anchor = np.where(core[border[:, 0]], border[:, 1], border[:, 0]), np.where(core[border[:, 0]], border[:, 0], border[:, 1])
+    first = np.unique(member, return_index=True)[1]
+    labels[member[first]] = labels[anchor[first]]
+    groups, sizes = np.unique(labels, return_counts=True)
+    return labels == groups[np.argmax(sizes)]
+
+
 def xyz_patches(xyz: np.ndarray, config: BTFConfig, rng: np.random.Generator) -> torch.Tensor:
     """Patch features (feature_grid**2, 33) of one organised (H, W, 3) map (zeros = no data)."""
     xyz = np.asarray(xyz, dtype=np.float64)
@@ -218,6 +246,8 @@ def xyz_patches(xyz: np.ndarray, config: BTFConfig, rng: np.random.Generator) ->
     grid = torch.from_numpy(xyz).permute(2, 0, 1)[None]
     resized = F.interpolate(grid, size=(size, size), mode="nearest")[0].permute(1, 2, 0).reshape(-1, 3).numpy()
     valid = np.flatnonzero(np.all(resized != 0, axis=1))
+    if config.keep_largest_cluster and len(valid):
+        valid = valid[largest_cluster(resized[valid], config.cluster_eps, config.cluster_min_points)]
     features = np.zeros((size * size, FEATURE_DIM))
     if len(valid):
         features[valid] = cloud_fpfh(resized[valid], config, "xyz")

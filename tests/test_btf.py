@@ -234,3 +234,22 @@ def test_btf_runs_on_the_synthetic_real3d_ad_and_beats_random(tmp_path) -> None:
         means[method] = json.loads((tmp_path / method / "summary.json").read_text())["methods"][method]["mean"]
     assert means["btf"]["point_auroc"] > 0.85 and means["btf"]["point_auroc"] > means["random"]["point_auroc"] + 0.3
     assert means["btf"]["point_ap"] > 3 * means["random"]["point_ap"]
+
+
+def test_largest_cluster_matches_scikit_learn_dbscan() -> None:
+    from sklearn.cluster import DBSCAN
+
+    from baselines.btf import largest_cluster
+
+    rng = np.random.default_rng(5)
+    big = rng.normal(size=(400, 3)) * 0.003
+    small = rng.normal(size=(120, 3)) * 0.003 + [0.2, 0, 0]
+    stray = rng.uniform(-0.5, 0.5, size=(30, 3)) + [0, 0.8, 0]
+    points = np.concatenate([big, small, stray])
+    ours = largest_cluster(points, eps=0.006, min_points=10)
+    labels = DBSCAN(eps=0.006, min_samples=10).fit(points).labels_
+    values, counts = np.unique(labels, return_counts=True)
+    np.testing.assert_array_equal(ours, labels == values[np.argmax(counts)])
+    assert ours[:400].mean() > 0.9 and not ours[400:].any()
+    assert largest_cluster(stray, eps=0.006, min_points=10).all()  # all noise: noise is the largest group, kept (as 3D-ADS)
+    assert largest_cluster(np.zeros((0, 3)), 0.006, 10).shape == (0,)
