@@ -15,8 +15,9 @@ Real3D-AD's loader does.
 **Organised xyz maps** (``image+xyz``, MVTec 3D-AD), as 3D-ADS (eliahuhorwitz/3D-ADS @612eb7b):
 the background plane is removed (a plane fitted by RANSAC to the 10-pixel border, points
 within ``plane_distance`` of it zeroed: ``utils/preprocessing.py``, which 3D-ADS runs once over
-the dataset in place), the map is resized to ``image_size`` (nearest), FPFH is computed on the
-points with no zero coordinate (voxel 0.05) and placed back on the grid (zeros elsewhere), the
+the dataset in place), the map is resized to ``image_size`` (nearest), only the largest DBSCAN
+group of its points is kept (3D-ADS's ``connected_components_cleaning``), FPFH is computed on
+the points with no zero coordinate (voxel 0.05) and placed back on the grid (zeros elsewhere), the
 33-channel map is averaged over 3 x 3 (no padding) and adaptively average-pooled to
 ``feature_grid`` x ``feature_grid`` patches; the bank keeps ``coreset_ratio`` (0.1) of the
 training patches by greedy k-center from patch 0 on the raw 33-d features (3D-ADS's sparse
