@@ -16,6 +16,8 @@ from baselines.base import Batch, Method
 
 _REGISTRY: dict[str, str] = {
     # name: "module:Class"
+    "btf": "baselines.btf:BTF",
+    "btf-rgb": "baselines.btf:BTFRGB",
     "cdo": "baselines.cdo:CDO",
     "dinomaly": "baselines.dinomaly:Dinomaly",
     "gaussian": "baselines.gaussian:GaussianMethod",

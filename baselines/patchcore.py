@@ -136,12 +136,13 @@ def choose_backbone(requested: str) -> str:
     return "wide_resnet50_2" if weights.cached_path("wide_resnet50_2") is not None else "efficientnet_lite0"
 
 
-def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int = 128, generator: torch.Generator | None = None) -> torch.Tensor:
+def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int = 128, generator: torch.Generator | None = None,
+                   start: int | None = None) -> torch.Tensor:
     """Indices of ``count`` rows of ``features`` (N, D) chosen by greedy k-center selection.
 
     Each step adds the row farthest (Euclidean) from those already chosen; distances are
     measured after a random Gaussian projection to ``projection_dim`` dimensions when that is
-    smaller than D.  The first row is drawn at random from ``generator``.
+    smaller than D.  The first row is ``start``, or drawn at random from ``generator`` when None.
     """
     total = features.shape[0]
     if count >= total:
@@ -154,7 +155,7 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int = 128
         points = points @ projection
     squared_norms = points.square().sum(dim=1)
     selected = torch.empty(count, dtype=torch.long)
-    current = int(torch.randint(total, (1,), generator=generator))
+    current = int(torch.randint(total, (1,), generator=generator)) if start is None else start
     min_distances = torch.full((total,), float("inf"))
     for step in range(count):
         selected[step] = current
@@ -170,11 +171,11 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, query_chunk: in
     that at most ``query_chunk`` x ``bank_chunk`` distances exist at once."""
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
-    best_distances = torch.empty(queries.shape[0])
+    best_distances = torch.empty(queries.shape[0], dtype=queries.dtype)
     best_indices = torch.empty(queries.shape[0], dtype=torch.long)
     for start in range(0, queries.shape[0], query_chunk):
         query = queries[start : start + query_chunk]
-        chunk_best = torch.full((query.shape[0],), float("inf"))
+        chunk_best = torch.full((query.shape[0],), float("inf"), dtype=queries.dtype)
         chunk_index = torch.zeros(query.shape[0], dtype=torch.long)
         for bank_start in range(0, bank.shape[0], bank_chunk):
             distances = torch.cdist(query, bank[bank_start : bank_start + bank_chunk])

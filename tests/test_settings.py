@@ -41,6 +41,7 @@ from m2ad.run.settings import draw_shots, shot_unit
 from m2ad.schema import DatasetInfo
 from m2ad.shard import shard_tree
 from m2ad.synth import generate
+from clouds import table_xyz
 from probe_method import REGISTER
 from textures import method_batch, textures
 
@@ -229,6 +230,8 @@ def test_impossible_combinations_are_refused_before_anything_starts(
 
 
 SMALL_CONFIGS: dict[str, dict[str, Any]] = {
+    "btf": {"image_size": 56, "feature_grid": 14, "voxel_size": 0.02, "plane_iterations": 20},
+    "btf-rgb": {"image_size": 56, "feature_grid": 14, "voxel_size": 0.02, "plane_iterations": 20, "backbone": "efficientnet_lite0"},
     "cdo": {"backbone": "hrnet_tiny", "expert_weights": "random", "input_size": 56, "epochs": 1, "batch_size": 4, "device": "cpu"},
     "dinomaly": {"encoder": "tiny", "encoder_weights": "random", "input_size": 56, "crop_size": 56, "iterations": 2, "batch_size": 4,
                  "warmup_iters": 0, "map_size": 56, "device": "cpu"},
@@ -250,6 +253,15 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def _input_batch(card: MethodCard, images: torch.Tensor, prefix: str = "s", seed: int = 0) -> Batch:
+    """A batch of ``images`` with what the card reads: the images alone, or with xyz maps."""
+    batch = method_batch(images, prefix=prefix)
+    if "image" not in card.inputs and "image+xyz" in card.inputs:
+        size = images.shape[-1]
+        batch.modalities["xyz"] = torch.from_numpy(np.stack([table_xyz(size, seed + k)[0] for k in range(len(images))]))
+    return batch
+
+
 @pytest.mark.parametrize("name", baselines.available())
 def test_a_saved_fit_reloads_and_predicts_identically(name: str, tmp_path: Path) -> None:
     assert name in SMALL_CONFIGS, f"add a small config of {name!r} to SMALL_CONFIGS"
@@ -257,14 +269,15 @@ def test_a_saved_fit_reloads_and_predicts_identically(name: str, tmp_path: Path)
     train, _ = textures(8, 0, size=56, square=14)
     test, _ = textures(4, 1, defect=True, size=56, square=14)
     method = baselines.create(name, **SMALL_CONFIGS[name])
-    if type(method).card.needs_fit:
-        method.fit([method_batch(train[:4]), method_batch(train[4:])], Setting())
-    scores, maps = method.predict(method_batch(test, prefix="t"))
+    card = type(method).card
+    if card.needs_fit:
+        method.fit([_input_batch(card, train[:4]), _input_batch(card, train[4:], seed=4)], Setting())
+    scores, maps = method.predict(_input_batch(card, test, prefix="t", seed=8))
     save_state(method.state_dict(), tmp_path / "state.safetensors", {"method": name})
     torch.manual_seed(12345)  # a different global state: the restored method must not depend on it
     restored = baselines.create(name, **SMALL_CONFIGS[name])
     restored.load_state_dict(load_file(tmp_path / "state.safetensors"))
-    again_scores, again_maps = restored.predict(method_batch(test, prefix="t"))
+    again_scores, again_maps = restored.predict(_input_batch(card, test, prefix="t", seed=8))
     np.testing.assert_array_equal(again_scores, scores)
     np.testing.assert_array_equal(again_maps, maps)
 
@@ -339,7 +352,8 @@ def test_every_method_card_is_complete_and_the_runner_follows_it(name: str, shar
             if train_info is not None and setting != "zero-shot":
                 continue
             config = RunConfig(protocol="invariant", methods=(name,), setting=setting, shots=1 if setting == "few-shot" else None)
-            possible = setting in card.settings and not (setting == "zero-shot" and card.needs_fit and train_info is None)
+            readable = any(all(part in info.modalities for part in wanted.split("+")) for wanted in card.inputs)
+            possible = setting in card.settings and not (setting == "zero-shot" and card.needs_fit and train_info is None) and readable
             if possible:
                 check_cards(config, info, manifest, train_info)
             else:

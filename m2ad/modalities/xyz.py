@@ -1,7 +1,8 @@
 """The ``xyz`` modality: an organised point cloud, one 3-D point per image pixel (MVTec 3D-AD).
 
 The release file is a TIFF holding an H x W x 3 float array (x, y, z per pixel, in the
-scanner's units: millimetres for MVTec 3D-AD), aligned with the RGB image; a pixel whose three
+scanner's units, stored as released: the unit of MVTec 3D-AD's scans is not verified here, see
+docs/methods.md ``btf``), aligned with the RGB image; a pixel whose three
 coordinates are all 0 has no measurement (background, shadow, invalid).  Anything else is a
 problem: a map that is not H x W x 3 floats or holds NaN / infinite values (``xyz-format``),
 or one whose size differs from its image (``xyz-size``).
