@@ -164,6 +164,20 @@ class Method(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+def choose_device(method: str, device: str) -> torch.device:
+    """The torch device of a method's ``device`` option: ``auto`` (CUDA when available), ``cpu``
+    or ``cuda`` (refused in one line where CUDA is not available)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{method}: device=cuda but CUDA is not available here")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def choose_seed(seed: int | None) -> int:
+    """``seed``, or, when it is ``None``, one drawn from torch's global generator (which the runner
+    seeds per cell)."""
+    return seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+
+
 def fill_from_preset(config: Any, presets: dict[str, dict[str, Any]]) -> None:
     """Set every field of ``config`` left at ``None`` to its preset's value (``config.preset``)."""
     if config.preset not in presets:

@@ -40,7 +40,7 @@ from torch import nn
 
 from baselines.backbones import registry
 from baselines.backbones.hrnet import backbone_state
-from baselines.base import Batch, MethodCard, Setting, fill_from_preset
+from baselines.base import Batch, MethodCard, Setting, choose_device, choose_seed, fill_from_preset
 from baselines.reconstruction import m2ad_discrepancy_map, resize_crop, smooth, top_mean
 from baselines.training import Recipe, autocast, train_head
 
@@ -346,11 +346,9 @@ class CDO:
 
     def __init__(self, config: CDOConfig | None = None) -> None:
         self.config = config or CDOConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("cdo: device=cuda but CUDA is not available here")
-        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = choose_device(self.name, self.config.device)
         self.model: CDOModel | None = None
-        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.seed = choose_seed(self.config.seed)
 
     def expert(self) -> nn.Module:
         """The frozen pretrained expert from the backbone registry."""

@@ -40,7 +40,7 @@ from torch import nn
 
 from baselines.backbones import registry
 from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, Mlp, ViTConfig, infer_vit_config
-from baselines.base import Batch, MethodCard, Setting, fill_from_preset
+from baselines.base import Batch, MethodCard, Setting, choose_device, choose_seed, fill_from_preset
 from baselines.reconstruction import anomaly_map, default_target_layers, m2ad_discrepancy_map, normalize, preprocess, resize_crop, smooth, top_mean, uncrop
 from baselines.training import Recipe, autocast, train_head
 
@@ -384,12 +384,10 @@ class Dinomaly:
 
     def __init__(self, config: DinomalyConfig | None = None) -> None:
         self.config = config or DinomalyConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("dinomaly: device=cuda but CUDA is not available here")
-        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = choose_device(self.name, self.config.device)
         self._encoder: DinoVisionTransformer | None = None
         self.model: DinomalyModel | None = None
-        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.seed = choose_seed(self.config.seed)
 
     @property
     def backbone(self) -> str:

@@ -44,7 +44,7 @@ from torch import nn
 from baselines.backbones import registry
 from baselines.backbones.dinov2 import VIT_PRESETS, DinoVisionTransformer, Mlp, ViTConfig, infer_vit_config, softmax_attention
 from baselines.backbones.registry import TINY_VIT
-from baselines.base import Batch, MethodCard, Setting, fill_from_preset
+from baselines.base import Batch, MethodCard, Setting, choose_device, choose_seed, fill_from_preset
 from baselines.reconstruction import anomaly_map, default_target_layers, normalize, preprocess, resize_crop, smooth, top_mean, uncrop
 from baselines.training import Recipe, StableAdamW, autocast, train_head, warm_cosine_lr
 
@@ -446,12 +446,10 @@ class INPFormer:
 
     def __init__(self, config: INPFormerConfig | None = None) -> None:
         self.config = config or INPFormerConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("inpformer: device=cuda but CUDA is not available here")
-        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = choose_device(self.name, self.config.device)
         self._encoder: DinoVisionTransformer | None = None
         self.model: INPFormerModel | None = None
-        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.seed = choose_seed(self.config.seed)
 
     @property
     def arch(self) -> INPFormerArch:

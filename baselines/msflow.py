@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.backbones import registry, wide_resnet
-from baselines.base import Batch, MethodCard, Setting, fill_from_preset
+from baselines.base import Batch, MethodCard, Setting, choose_device, choose_seed, fill_from_preset
 from baselines.patchcore import choose_backbone
 from baselines.reconstruction import resize_crop
 from baselines.training import Recipe, autocast, train_head
@@ -456,11 +456,9 @@ class MSFlow:
 
     def __init__(self, config: MSFlowConfig | None = None) -> None:
         self.config = config or MSFlowConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("msflow: device=cuda but CUDA is not available here")
-        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = choose_device(self.name, self.config.device)
         self.backbone = choose_backbone(self.config.backbone)
-        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.seed = choose_seed(self.config.seed)
         self.model: MSFlowModel | None = None
 
     def new_model(self) -> MSFlowModel:

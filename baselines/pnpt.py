@@ -49,7 +49,7 @@ from torch import nn
 
 from baselines.backbones import efficientnet_lite, hrnet, registry, wide_resnet
 from baselines.backbones.dinov2 import DinoVisionTransformer, Mlp
-from baselines.base import Batch, MethodCard, Setting, image_score_from_map
+from baselines.base import Batch, MethodCard, Setting, choose_device, choose_seed, image_score_from_map
 from baselines.reconstruction import resize_crop
 from baselines.training import Recipe, autocast, train_head
 
@@ -298,10 +298,8 @@ class PNPT:
 
     def __init__(self, config: PNPTConfig | None = None) -> None:
         self.config = config or PNPTConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("pnpt: device=cuda but CUDA is not available here")
-        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
-        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.device = choose_device(self.name, self.config.device)
+        self.seed = choose_seed(self.config.seed)
         self._backbone: nn.Module | None = None
         self.model: PNPTModel | None = None
         self.classes: list[str] = []

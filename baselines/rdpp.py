@@ -51,7 +51,7 @@ from torch import nn
 from baselines.backbones import registry
 from baselines.backbones.efficientnet_lite import EfficientNetLite0
 from baselines.backbones.wide_resnet import Bottleneck, WideResNet50
-from baselines.base import Batch, MethodCard, Setting, fill_from_preset
+from baselines.base import Batch, MethodCard, Setting, choose_device, choose_seed, fill_from_preset
 from baselines.inpformer_pp import synthesize
 from baselines.reconstruction import resize_crop, smooth, top_mean
 from baselines.training import Recipe, autocast, train_head
@@ -585,11 +585,9 @@ class RDPP:
 
     def __init__(self, config: RDPPConfig | None = None) -> None:
         self.config = config or RDPPConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("rdpp: device=cuda but CUDA is not available here")
-        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = choose_device(self.name, self.config.device)
         self.model: RDPPModel | None = None
-        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.seed = choose_seed(self.config.seed)
 
     def arch(self) -> RDPPArch:
         """The architecture of the configured backbone and preset."""

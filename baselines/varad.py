@@ -34,7 +34,7 @@ from torch import nn
 
 from baselines.backbones import registry
 from baselines.backbones.dinov2 import VIT_PRESETS
-from baselines.base import Batch, MethodCard, Setting, image_score_from_map
+from baselines.base import Batch, MethodCard, Setting, choose_device, choose_seed, image_score_from_map
 from baselines.selective_scan import SCAN_MODES, MambaBlock
 from baselines.training import OPTIMIZERS, Recipe, train_head
 
@@ -232,13 +232,11 @@ class VarAD:
 
     def __init__(self, config: VarADConfig | None = None) -> None:
         self.config = config or VarADConfig()
-        if self.config.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("varad: device=cuda but CUDA is not available here")
-        self.device = torch.device("cuda" if self.config.device == "cuda" or (self.config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = choose_device(self.name, self.config.device)
         self.backbone = registry.dinov2_name(self.config.encoder)
         self.model: VarADModel | None = None
         self.losses: list[float] = []
-        self.seed = self.config.seed if self.config.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.seed = choose_seed(self.config.seed)
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> uint8 (B, 3, S, S) at ``input_size``."""

@@ -104,7 +104,7 @@ def dataset_card(info: DatasetInfo, spec: DatasetSpec, manifest: pl.DataFrame, d
         "",
         "## Loading",
         "",
-        f"Each category is a config (`all`, the default, is every category), with `train` and `test` splits:",
+        "Each category is a config (`all`, the default, is every category), with `train` and `test` splits:",
         "",
         "```python",
         "import datasets",

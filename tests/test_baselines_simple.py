@@ -263,3 +263,12 @@ def test_gaussian_config_validation() -> None:
     for bad in ({"stats_size": 4}, {"min_std": -1.0}, {"blur_sigma": -0.5}, {"top_fraction": 2.0}):
         with pytest.raises(ValueError):
             GaussianConfig(**bad)
+
+
+@pytest.mark.parametrize("name", [name for name in baselines.available()
+                                  if "device" in {field.name for field in dataclasses.fields(baselines.config_class(name))}])
+def test_every_method_with_a_device_refuses_cuda_without_it_and_picks_cpu_for_auto(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=rf"^{name}: device=cuda but CUDA is not available here$"):
+        baselines.create(name, device="cuda")
+    assert baselines.create(name, device="auto").device == torch.device("cpu")

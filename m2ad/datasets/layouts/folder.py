@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from m2ad.datasets.layouts.listing import empty_folders, hidden
+from m2ad.datasets.layouts.listing import category_folders, hidden
 from m2ad.datasets.spec import GENERIC, NOT_THIS, SPECIFIC, Layout
 from m2ad.schema import ParsedRelease, Problem, ReleaseRecord, TreeSource, make_sample_id
 from m2ad.text import quote
@@ -96,13 +96,7 @@ class FolderLayout(Layout):
         images: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # category -> (split, defect, path)
         masks: dict[tuple[str, str, str], str] = {}  # (category, defect, stem) -> mask path
         unknown_categories: Counter[str] = Counter()
-        empty = {folder[len(wrapper):] for folder in empty_folders(source) if folder.startswith(wrapper) and "/" not in folder[len(wrapper):]}
-        empty.discard("")
-        present = empty | {path[len(wrapper):].split("/")[0] for path in files if path.startswith(wrapper) and path[len(wrapper):].count("/") >= 1}
-        if categories is not None:
-            absent = sorted(set(categories) - present)
-            if absent:
-                raise ValueError(f"categories {absent} are not in this tree; it has {', '.join(sorted(present))}")
+        present = category_folders(source, files, wrapper, categories)
         for path in files:
             relative = path[len(wrapper):] if path.startswith(wrapper) else None
             if relative is None or hidden(path) or "/" not in relative:
@@ -128,7 +122,7 @@ class FolderLayout(Layout):
                                     f"folder with {count} files, but {category!r} is no category of {dataset_name} ({', '.join(self.categories)})"))
         for category in sorted(present - set(images) - set(unknown_categories)):
             if categories is None or category in categories:
-                what = "files" if category in empty else "images"
+                what = "images" if any(path.startswith(f"{wrapper}{category}/") for path in files) else "files"
                 problems.append(Problem("empty-category", f"{wrapper}{category}", f"the category folder {category!r} holds no {what}"))
         if not self.categories:
             for category in sorted(images):

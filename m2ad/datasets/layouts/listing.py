@@ -181,6 +181,20 @@ def empty_folders(source: TreeSource) -> set[str]:
     return set(lister()) if lister is not None else set()
 
 
+def category_folders(source: TreeSource, files: Sequence[str], wrapper: str, categories: Sequence[str] | None) -> set[str]:
+    """The category folders under ``wrapper`` (``""`` or ``"<folder>/"``): those holding a
+    non-hidden file and the empty ones; asking for ``categories`` the tree lacks is one clear error."""
+    empty = {folder[len(wrapper):] for folder in empty_folders(source) if folder.startswith(wrapper) and "/" not in folder[len(wrapper):]}
+    empty.discard("")
+    present = empty | {path[len(wrapper):].split("/")[0] for path in files
+                       if path.startswith(wrapper) and "/" in path[len(wrapper):] and not hidden(path)}
+    if categories is not None:
+        absent = sorted(set(categories) - present)
+        if absent:
+            raise ValueError(f"categories {absent} are not in this tree; it has {', '.join(sorted(present))}")
+    return present
+
+
 def category_problems(listed_categories: Sequence[str], with_images: Collection[str], empty: Collection[str],
                       listing: str) -> list[Problem]:
     """For each listed category without images: ``empty-category`` when its folder is empty,

@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from m2ad.datasets.layouts.listing import empty_folders, hidden
+from m2ad.datasets.layouts.listing import category_folders, hidden
 from m2ad.datasets.spec import NOT_THIS, SPECIFIC, Layout
 from m2ad.schema import ParsedRelease, Problem, ReleaseRecord, TreeSource, make_sample_id
 
@@ -81,13 +81,7 @@ class MVTec3DLayout(Layout):
         samples: dict[tuple[str, str, str, str], dict[str, str]] = defaultdict(dict)  # (category, split, defect, stem) -> kind -> path
         unknown_categories: Counter[str] = Counter()
         relative_files = [path[len(wrapper):] for path in files if path.startswith(wrapper) and not hidden(path)]
-        empty = {folder[len(wrapper):] for folder in empty_folders(source) if folder.startswith(wrapper) and "/" not in folder[len(wrapper):]}
-        empty.discard("")
-        present = empty | {path.split("/")[0] for path in relative_files if "/" in path}
-        if categories is not None:
-            absent = sorted(set(categories) - present)
-            if absent:
-                raise ValueError(f"categories {absent} are not in this tree; it has {', '.join(sorted(present))}")
+        present = category_folders(source, files, wrapper, categories)
         for relative in relative_files:
             parts = relative.split("/")
             if len(parts) < 2 or (categories is not None and parts[0] not in categories):

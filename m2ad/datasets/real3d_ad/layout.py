@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from m2ad.datasets.layouts.listing import empty_folders, hidden
+from m2ad.datasets.layouts.listing import category_folders, hidden
 from m2ad.datasets.spec import NOT_THIS, SPECIFIC, Layout
 from m2ad.schema import (
     ParsedRelease,
@@ -93,13 +93,7 @@ class Real3DLayout(Layout):
         gts: dict[tuple[str, str], str] = {}  # (category, stem) -> gt path
         skipped: list[str] = []
         unknown_categories: Counter[str] = Counter()
-        empty = {folder[len(wrapper):] for folder in empty_folders(source) if folder.startswith(wrapper) and "/" not in folder[len(wrapper):]}
-        empty.discard("")
-        present = empty | {path[len(wrapper):].split("/")[0] for path in files if path.startswith(wrapper) and path[len(wrapper):].count("/") >= 1}
-        if categories is not None:
-            absent = sorted(set(categories) - present)
-            if absent:
-                raise ValueError(f"categories {absent} are not in this tree; it has {', '.join(sorted(present))}")
+        present = category_folders(source, files, wrapper, categories)
         for path in files:
             relative = path[len(wrapper):] if path.startswith(wrapper) else None
             if relative is None or hidden(path) or "/" not in relative:

@@ -92,10 +92,10 @@ class VisALayout(Layout):
                 continue
             if _IMAGE.fullmatch(relative):
                 images[path] = path
-            elif (mask := _MASK.fullmatch(relative)) is not None:
+            elif _MASK.fullmatch(relative) is not None:
                 masks[path] = ""
             else:
-                problems.append(Problem("unknown-file", path, f"file name does not parse; expected <object>/Data/Images/(Normal|Anomaly)/<name>.JPG or <object>/Data/Masks/Anomaly/<name>.png"))
+                problems.append(Problem("unknown-file", path, "file name does not parse; expected <object>/Data/Images/(Normal|Anomaly)/<name>.JPG or <object>/Data/Masks/Anomaly/<name>.png"))
         for category, count in sorted(unknown_categories.items()):
             problems.append(Problem("unknown-category", f"{wrapper}{category}", f"folder with {count} files, but {category!r} is no object of {SPLIT_CSV}"))
         empty = {folder[len(wrapper):] for folder in empty_folders(source) if folder.startswith(wrapper)}
